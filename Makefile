@@ -1,0 +1,31 @@
+# make test: set up .venv on first use and run the suite.  make demo: the whole pipeline on examples/.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench lint man clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check uiaa_cli tests benchmarks examples
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+man: $(STAMP)
+	$(PY) -m uiaa_cli.manpages man
+
+clean:
+	rm -rf $(VENV) runs demo .pytest_cache

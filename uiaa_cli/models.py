@@ -1,0 +1,138 @@
+"""Backbones with a new last layer, and checkpoints: one file of weights plus a plain config.
+
+A checkpoint is a dict of tensors and plain Python values, so it loads with
+``torch.load(path, weights_only=True)`` and never unpickles arbitrary objects::
+
+    {"format": "uiaa-checkpoint", "version": 1, "config": {...}, "model": state_dict, ...}
+
+``config`` holds everything ``predict`` needs: arch, size, mean/std normalisation, bins, kind,
+target columns, activation (softmax or linear), loss, metrics, uiaa version.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from uiaa_cli import __version__
+from uiaa_cli.errors import UiaaError, at
+
+CHECKPOINT_FORMAT = "uiaa-checkpoint"
+CHECKPOINT_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vgg16_bn",
+         "efficientnet_b0", "convnext_tiny", "mobilenet_v3_large")
+
+
+def is_vgg(arch: str) -> bool:
+    return arch.startswith("vgg")
+
+
+def activation_for(loss: str) -> str:
+    """SPEC §1: softmax over the outputs with ce/emd, linear outputs with mse/huber."""
+    return "softmax" if loss in ("ce", "emd") else "linear"
+
+
+def replace_head(model: nn.Module, arch: str, outputs: int) -> nn.Module:
+    """Swap the backbone's last layer for a fresh ``Linear(in, outputs)``; nothing else changes."""
+    if arch.startswith("resnet"):
+        model.fc = nn.Linear(model.fc.in_features, outputs)
+    elif arch.startswith(("vgg", "efficientnet", "convnext", "mobilenet")):
+        last = model.classifier[-1]
+        model.classifier[-1] = nn.Linear(last.in_features, outputs)
+    else:
+        raise UiaaError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    return model
+
+
+def head_parameters(model: nn.Module, arch: str) -> list[str]:
+    """Names of the new layer's parameters (not loaded from ImageNet weights)."""
+    prefix = "fc." if arch.startswith("resnet") else f"classifier.{len(model.classifier) - 1}."
+    return [n for n, _ in model.named_parameters() if n.startswith(prefix)]
+
+
+def build_model(arch: str, outputs: int, weights: str = "imagenet") -> nn.Module:
+    """torchvision ``arch`` with ``outputs`` outputs; ``weights`` is ``imagenet``, ``none`` or a file."""
+    import torchvision
+
+    if arch not in ARCHS:
+        raise UiaaError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    builder = getattr(torchvision.models, arch)
+    if weights == "imagenet":
+        enum = torchvision.models.get_model_weights(arch).DEFAULT
+        try:
+            model = builder(weights=enum)
+        except Exception as e:  # urllib/ssl/OSError/RuntimeError, depending on how the download failed
+            cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
+            raise UiaaError(
+                f"cannot load the ImageNet weights of {arch} ({type(e).__name__}: {str(e)[:120]}). Offline? "
+                f"Put {Path(enum.url).name} in {cache_dir}, pass --weights PATH to a local file, "
+                "or train from scratch with --weights none"
+            ) from None
+        return replace_head(model, arch, outputs)
+    model = builder(weights=None)
+    if weights == "none":
+        return replace_head(model, arch, outputs)
+    state = load_state(weights)
+    if "config" in state and "model" in state:  # a uiaa checkpoint: start from its backbone
+        state = state["model"]
+    replace_head(model, arch, outputs)
+    head = set(head_parameters(model, arch))
+    state = {k: v for k, v in state.items() if k not in head}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m not in head]
+    if missing or unexpected:
+        raise UiaaError(f"{weights} does not fit {arch}: {len(missing)} missing and {len(unexpected)} "
+                        f"unexpected weights (e.g. {(missing or unexpected)[0]})")
+    return model
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with a one-line error for a missing or corrupted file."""
+    if not Path(path).is_file():
+        raise UiaaError("no such file", where=at(str(path)))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UiaaError(f"not a readable checkpoint or weights file ({type(e).__name__}: {str(e)[:100]})",
+                        where=at(str(path))) from None
+
+
+def make_config(*, arch: str, size: int, bins: list[float], kind: str, targets: list[str], loss: str,
+                **extra: Any) -> dict[str, Any]:
+    """The config stored with every checkpoint: all ``predict`` needs to rebuild and use the model."""
+    return {"arch": arch, "size": int(size), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "bins": [float(b) for b in bins], "kind": kind, "targets": list(targets), "loss": loss,
+            "activation": activation_for(loss), "uiaa_version": __version__, **extra}
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict[str, Any], **state: Any) -> None:
+    """Write weights + config (+ optional resume state) atomically."""
+    from uiaa_cli.tables import atomic_path
+
+    module = model.module if hasattr(model, "module") else model
+    weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": config, "model": weights,
+               **state}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """The model (eval mode, on CPU), its config, and the whole checkpoint dict."""
+    payload = load_state(path)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise UiaaError("not a uiaa checkpoint (train one with 'uiaa train')", where=at(str(path)))
+    config = payload["config"]
+    model = build_model(config["arch"], len(config["targets"]), "none")
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as e:
+        raise UiaaError(f"weights do not fit {config['arch']}: {str(e).splitlines()[0][:160]}",
+                        where=at(str(path))) from None
+    return model.eval(), config, payload

@@ -1,0 +1,42 @@
+"""``evaluate --plot``: a scatter of predicted against true score, drawn with Pillow (no matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def scatter_png(result: Any, predictions: Any, labels: Any, path: Path, size: int = 640) -> None:
+    """Predicted score (y) against mean vote (x) on the labels' scale, with the diagonal and SRCC."""
+    from PIL import Image, ImageDraw
+
+    from uiaa_cli.labels import table_bins
+    from uiaa_cli.tables import atomic_path
+
+    _, pi, li = np.intersect1d(predictions["image"].astype(str), labels["image"].astype(str), return_indices=True)
+    x = labels.matrix(["mean"])[li, 0]
+    y = predictions.matrix(["score"])[pi, 0]
+    bins = table_bins(labels)
+    lo = float(min(bins.min() if len(bins) else x.min(), x.min(), y.min()))
+    hi = float(max(bins.max() if len(bins) else x.max(), x.max(), y.max()))
+    margin = 48
+    span = size - 2 * margin
+
+    def to_px(v: np.ndarray, flip: bool) -> np.ndarray:
+        t = (v - lo) / (hi - lo or 1.0)
+        return margin + (1 - t if flip else t) * span
+
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([margin, margin, size - margin, size - margin], outline="black")
+    draw.line([margin, size - margin, size - margin, margin], fill=(200, 60, 60))
+    for px, py in zip(to_px(x, False), to_px(y, True)):
+        draw.ellipse([px - 1.5, py - 1.5, px + 1.5, py + 1.5], fill=(30, 90, 180))
+    srcc = result.metrics.get("srcc")
+    draw.text((margin, 12), f"predicted vs mean vote, n = {len(x):,}, SRCC = {srcc:.3f}", fill="black")
+    draw.text((margin, size - margin + 8), f"mean vote ({lo:g} .. {hi:g})", fill="black")
+    draw.text((4, margin - 16), "predicted", fill="black")
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
