@@ -152,21 +152,24 @@ def labels(
 ) -> None:
     """Turn ratings into training targets: one self-describing row per image."""
     with handled("labels", quiet, debug):
-        from uiaa_cli.labels import LabelSettings, build_labels, read_id_list
-        from uiaa_cli.ratings import read_ratings
-        from uiaa_cli.tables import write_table
+        from uiaa_cli.labels import LabelReport, LabelSettings, build_labels, read_id_list
+        from uiaa_cli.ratings import iter_ratings
+        from uiaa_cli.tables import TableWriter
 
         try:
             settings = LabelSettings(kind.value, lam, cap, delta, threshold, divisor.value)
         except ValueError as e:
             raise UiaaError(str(e)) from None
-        source = read_ratings(ratings, source_format.value if source_format else None, scale,
-                              allow_zero_votes=min_votes >= 1)
-        table, report = build_labels(
-            source.images, source.counts, source.bins, settings, min_votes=min_votes,
-            only=read_id_list(only) if only else None, exclude=read_id_list(exclude) if exclude else None,
-        )
-        write_table(table, output, to.value if to else None)
+        only_ids = read_id_list(only) if only else None
+        exclude_ids = read_id_list(exclude) if exclude else None
+        report = LabelReport()
+        with TableWriter(output, to.value if to else None) as writer:
+            for source in iter_ratings(ratings, source_format.value if source_format else None, scale,
+                                       allow_zero_votes=min_votes >= 1):
+                table, chunk_report = build_labels(source.images, source.counts, source.bins, settings,
+                                                   min_votes=min_votes, only=only_ids, exclude=exclude_ids)
+                writer.write(table)
+                report.merge(chunk_report)
         left = ", ".join(f"{n:,} {why}" for why, n in report.left_out.items())
         message = (f"uiaa labels: {report.rows_in:,} rows in ({source.source_format}, scale "
                    f"{source.bins[0]:g}..{source.bins[-1]:g}), {report.rows_out:,} out, "
@@ -237,7 +240,13 @@ def evaluate(
 
   uiaa convert labels.csv - --to tsv | cut -f1,3
 
-  uiaa convert runs/latest/best.pt model.onnx  # a checkpoint for deployment
+  uiaa convert runs/latest/best.pt model.onnx  # for deployment; pip install 'uiaa[onnx]'
+
+  uiaa convert runs/latest/best.pt model.ts    # TorchScript, for torch.jit.load
+
+An exported model takes pixels (N, 3, S, S): RGB values 0..255 (uint8; TorchScript also float), the
+whole image warp-resized to the checkpoint's size S (no crop, bilinear), EXIF orientation applied,
+channels first. It normalises inside and returns score (N,) and probs (N, K), exactly as predict.
 """)
 def convert(
     source: Annotated[str, typer.Argument(metavar="IN", help="A uiaa table (csv/tsv/h5, - for stdin) or a "
@@ -253,7 +262,13 @@ def convert(
         from uiaa_cli.tables import read_table, write_table
 
         if Path(source).suffix.lower() in (".pt", ".pth", ".ckpt"):
-            raise UiaaError("model export is not yet available in this version")
+            from uiaa_cli.export import export_model  # imports torch: only for checkpoints
+
+            config = export_model(source, target)
+            size = config["size"]
+            say(f"uiaa convert: {source} -> {target}: input pixels (N, 3, {size}, {size}) RGB 0..255, "
+                f"outputs score (N,) and probs (N, {len(config['targets'])})")
+            return
         table = read_table(source)
         write_table(table, target, to.value if to else None)
         say(f"uiaa convert: {len(table):,} rows, {len(table.names)} columns -> {target}")
@@ -266,25 +281,188 @@ def not_yet(command: str) -> None:
     raise UiaaError("not yet available in this version")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def cache(quiet: Quiet = False, debug: Debug = False) -> None:
-    """Decode and resize every image of a labels table once into one HDF5 file (not yet available)."""
+@app.command(epilog="""Examples:
+
+  uiaa cache labels.csv --images ava/images -o ava.h5        # 384 px, all cores
+
+  uiaa cache train.csv -o train.h5 --size 224 --workers 4     # images beside train.csv
+
+  uiaa cache labels.csv --images ava/images -o ava.h5 --resume   # after Ctrl-C or a crash
+
+  uiaa convert ava.h5 kept.csv                                # the labels of the images cached
+
+Exit status: 0 all images cached, 1 some images skipped (listed on stderr and in the cache's
+'skipped' table), 2 usage or input error.
+""")
+def cache(
+    labels_file: Annotated[str, typer.Argument(metavar="LABELS", help="A labels table made by 'uiaa labels' "
+                                                                       "(csv/tsv/h5).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The cache to write (.h5).")],
+    images: Annotated[Optional[Path], typer.Option("--images", help="Folder the image names are relative to "
+                                                                    "(default: the labels file's folder).")] = None,
+    size: Annotated[int, typer.Option(help="Side of the square the images are warped to (pixels).")] = 384,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted build (OUT.partial) "
+                                                          "without redoing finished images.")] = False,
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr "
+                                                     "(default: when stderr is a terminal).")] = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Decode and resize every image of a labels table once into one HDF5 file for training."""
     with handled("cache", quiet, debug):
-        not_yet("cache")
+        from uiaa_cli.cache import build_cache
+
+        report = build_cache(labels_file, images, output, size=size, workers=workers, resume=resume,
+                             progress=False if quiet else progress)
+        rate = report.decoded / report.seconds if report.seconds > 0 else 0.0
+        message = (f"uiaa cache: {report.stored:,} of {report.total:,} images -> {output} ({size} px); "
+                   f"{report.decoded:,} decoded in {report.seconds:.1f} s ({rate:,.0f} images/s, "
+                   f"{report.workers} worker{'s' if report.workers > 1 else ''})")
+        if report.carried:
+            message += f"; {report.carried:,} carried over from the interrupted build"
+        if report.skipped:
+            message += (f"; {len(report.skipped):,} skipped (listed above and in the cache's "
+                        "'skipped' table)")
+        say(message)
+        if report.skipped:
+            raise typer.Exit(1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train(quiet: Quiet = False, debug: Debug = False) -> None:
-    """Fine-tune a ResNet/VGG on a labels table or cache with one loss (not yet available)."""
+class Loss(str, Enum):
+    ce = "ce"
+    mse = "mse"
+    huber = "huber"
+    emd = "emd"
+
+
+@app.command(epilog="""Examples:
+
+  uiaa train ava.h5 --arch resnet50 --loss ce --device cuda:0       # from a cache (fast)
+
+  uiaa train labels.csv --images photos/ --size 224 --epochs 5     # decoding on the fly
+
+  uiaa train train.h5 --val test.h5 --lr 1e-3,1e-4 --out runs/mine
+
+  uiaa train small.csv --arch resnet18 --weights none --size 64 --device cpu
+
+  uiaa train --resume runs/mine                                    # after Ctrl-C
+
+  torchrun --nproc_per_node=4 -m uiaa_cli train ava.h5             # DDP, one process per GPU
+
+Writes metrics.csv, last.pt (resumable) and best.pt (highest validation SRCC) in --out, and points
+runs/latest at the newest run; 'uiaa predict' finds it there.
+""")
+def train(
+    data: Annotated[Optional[str], typer.Argument(help="A labels table (images decoded on the fly from "
+                                                       "--images) or a cache made by 'uiaa cache'. Optional "
+                                                       "with --resume.")] = None,
+    images: Annotated[Optional[str], typer.Option(help="Folder of the images named in a labels table (default: "
+                                                       "the table's folder).")] = None,
+    arch: Annotated[str, typer.Option(help="resnet18/34/50/101/152, vgg16, vgg16_bn, efficientnet_b0, "
+                                           "convnext_tiny, mobilenet_v3_large.")] = "resnet50",
+    loss: Annotated[Loss, typer.Option(help="ce and emd train a softmax head, mse and huber a linear "
+                                            "one.")] = Loss.ce,
+    epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 10,
+    lr: Annotated[Optional[str], typer.Option(help="START,END: per-epoch exponential decay (default by kind and "
+                                                   "loss: ce/emd 1e-3,1e-4 for distributions, 1e-2,1e-3 for "
+                                                   "binary/soft; mse 10^-2.5..; huber 10^-1.5..; VGG 10x "
+                                                   "lower).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step (per process under torchrun).")] = 32,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Default 1e-4 (ResNet), 5e-4 (VGG).")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Image side in pixels, warp-resized (default: the cache's, "
+                                                     "else 384).")] = None,
+    weights: Annotated[str, typer.Option(help="imagenet (torchvision's; downloaded once), none (from "
+                                              "scratch), or a weights/checkpoint file.")] = "imagenet",
+    val: Annotated[Optional[str], typer.Option(help="Validation labels table or cache (default: hold out "
+                                                    "--val-frac of DATA).")] = None,
+    val_frac: Annotated[float, typer.Option(help="Share of DATA held out for validation when no --val "
+                                                 "(0: none).")] = 0.1,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    workers: Annotated[Optional[int], typer.Option(help="Processes decoding images of a labels table (default: "
+                                                        "cores, at most 8).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the initial head, batches and flips.")] = 0,
+    out: Annotated[Optional[str], typer.Option(help="Run folder (default runs/<arch>-<kind>-<loss>-<time>).")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue the run in this folder with its own settings "
+                                                       "(only data paths, --device, --workers apply).")] = None,
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr "
+                                                     "(default: when it is a terminal).")] = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Fine-tune a ResNet/VGG on a labels table or cache with one loss (SPEC §1)."""
     with handled("train", quiet, debug):
-        not_yet("train")
+        from uiaa_cli.training import Interrupted, TrainSettings, parse_lr
+        from uiaa_cli.training import train as run_training
+
+        settings = TrainSettings(
+            data=data, images=images, arch=arch, loss=loss.value, epochs=epochs, lr=parse_lr(lr) if lr else None,
+            batch_size=batch_size, momentum=momentum, weight_decay=weight_decay, size=size, weights=weights,
+            val=val, val_frac=val_frac, device=device, workers=workers, seed=seed, out=out, resume=resume,
+            progress=progress, quiet=quiet)
+        try:
+            folder = run_training(settings)
+        except Interrupted as e:
+            print(f"uiaa train: {e}", file=sys.stderr, flush=True)
+            raise typer.Exit(130) from None
+        say(f"uiaa train: done; best model {folder / 'best.pt'}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def predict(quiet: Quiet = False, debug: Debug = False) -> None:
-    """Score images with a trained model (not yet available)."""
+@app.command(epilog="""Examples:
+
+  uiaa predict photos/ | sort -k2                 # rank a folder, best last (path<TAB>score)
+
+  uiaa predict photos/ | sort -k2 -g | tail -5    # the five best
+
+  find . -name '*.jpg' | uiaa predict - -m model.pt
+
+  uiaa predict test.csv --images ava/images -o preds.csv && uiaa evaluate preds.csv test.csv
+
+  uiaa predict test.h5 -o preds.h5                # a cache: its stored pixels
+
+  torchrun --nproc-per-node 4 -m uiaa_cli predict photos/ -o preds.csv
+""")
+def predict(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        metavar="INPUTS...", help="Image files, folders (recursive), - for a list of paths on stdin, or a labels "
+                                  "table / cache (.csv, .tsv, .h5) whose images are scored.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A checkpoint (or a run folder). Default: "
+                                                  "$UIAA_MODEL, else the newest under ./runs.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write a table (.csv, .tsv, .h5) with a "
+                                                   "header: image, score, std, p_*. Default: path<TAB>score "
+                                                   "lines on stdout.")] = None,
+    to: Annotated[Optional[TableFormat], typer.Option(help="Format of -o (default: by extension).")] = None,
+    images: Annotated[Optional[str], typer.Option(help="Folder of a labels table's images (default: the "
+                                                       "table's folder).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: min(4, cores); 0 "
+                                                        "decodes in the main process).")] = None,
+    progress: Annotated[bool, typer.Option("--progress", help="Show a progress bar even when stderr is not a "
+                                                              "terminal.")] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Score images with a trained model: one line per image, or a table with -o.
+
+    A file that cannot be read is one line on stderr and the run goes on; the exit status is 1 if
+    any input failed, 2 for usage errors, 0 otherwise.
+    """
     with handled("predict", quiet, debug):
-        not_yet("predict")
+        from uiaa_cli.inference import run_predict
+
+        if not inputs:
+            raise UiaaError("no inputs: give image files, folders, - (paths on stdin) or a labels/cache file")
+        interactive = sys.stderr.isatty() and not quiet
+        result = run_predict(inputs, model=model, output=output, fmt=to.value if to else None, images=images,
+                             device=device, batch_size=batch_size, workers=workers,
+                             progress=(interactive or progress) and not quiet, say=say)
+        if interactive or progress:
+            say(f"uiaa predict: {result.scored:,} images scored, {result.failed:,} failed, "
+                f"{result.scored / max(result.seconds, 1e-9):.1f} images/s" + (f" -> {output}" if output else ""))
+    if result.failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -6,10 +6,11 @@ all rows at once. See SPEC §1 for the definitions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from uiaa_cli.errors import UiaaError
 from uiaa_cli.tables import Table
 
 KINDS = ("binary", "soft", "rsd", "gauss-nv", "gauss-mv")
@@ -53,7 +54,7 @@ def moments(counts: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarra
     bins = np.asarray(bins, dtype=np.float64)
     n = counts.sum(axis=1)
     rsd = counts / n[:, None]
-    mu = rsd @ bins
+    mu = (rsd * bins).sum(axis=1)  # not BLAS: the same bits whatever the chunk of rows
     var = np.einsum("nm,nm->n", rsd, (bins[None, :] - mu[:, None]) ** 2)
     return n, rsd, mu, np.maximum(var, 0.0)
 
@@ -115,6 +116,9 @@ def make_targets(counts: np.ndarray, bins: np.ndarray, settings: LabelSettings) 
         c = high[keep].astype(np.float64)
         targets = np.stack([1.0 - c, c], axis=1)
     elif settings.kind == "soft":
+        if bins[0] < 0 or bins[-1] <= 0:
+            raise UiaaError(f"soft targets (mean / b_M) need a scale of non-negative scores, not "
+                            f"{bins[0]:g}..{bins[-1]:g}")
         p_high = mu / bins[-1]
         targets = np.stack([1.0 - p_high, p_high], axis=1)
     elif settings.kind == "rsd":
@@ -122,7 +126,7 @@ def make_targets(counts: np.ndarray, bins: np.ndarray, settings: LabelSettings) 
     else:
         var_z = var if settings.kind == "gauss-nv" else np.minimum((1.0 - settings.lam) * var, settings.cap)
         targets = discretised_gaussian(mu, var_z, bins, settings.divisor)
-        error = float(np.mean(np.abs(targets @ bins - mu))) if len(mu) else 0.0
+        error = float(np.mean(np.abs((targets * bins).sum(axis=1) - mu))) if len(mu) else 0.0
     return Targets(keep=keep, targets=targets, columns=columns,
                    left_out_margin=int((~keep).sum()), reconstruction_error=error)
 
@@ -145,10 +149,22 @@ def matches_ids(images: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 @dataclass
 class LabelReport:
-    rows_in: int
-    rows_out: int
-    left_out: dict[str, int]
-    reconstruction_error: float | None
+    """What happened to the rows: counts, reasons for leaving rows out, the reconstruction error."""
+
+    rows_in: int = 0
+    rows_out: int = 0
+    left_out: dict[str, int] = field(default_factory=dict)
+    reconstruction_error: float | None = None  # mean |sum_m b_m p_m - mu| over rows out (Gaussian kinds)
+
+    def merge(self, other: LabelReport) -> None:
+        """Fold in the report of the next chunk."""
+        if other.reconstruction_error is not None:
+            total = (self.reconstruction_error or 0.0) * self.rows_out + other.reconstruction_error * other.rows_out
+            self.reconstruction_error = total / max(self.rows_out + other.rows_out, 1)
+        self.rows_in += other.rows_in
+        self.rows_out += other.rows_out
+        for why, n in other.left_out.items():
+            self.left_out[why] = self.left_out.get(why, 0) + n
 
 
 def build_labels(images: np.ndarray, counts: np.ndarray, bins: np.ndarray, settings: LabelSettings, *,

@@ -83,6 +83,16 @@ def distribution_score(probs: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray,
     return score, std
 
 
+def predicted_score(probs: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """A model's score (and std) from its outputs, SPEC §1: 2-set ``b_M * p_high``, std None;
+    M-set ``sum_m b_m p_m`` with std ``sqrt(sum_m p_m (b_m - score)^2)``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    bins = np.asarray(bins, dtype=np.float64)
+    if probs.shape[1] == 2 and len(bins) != 2:
+        return bins[-1] * probs[:, 1], None
+    return distribution_score(probs, bins)
+
+
 def evaluate(score: np.ndarray, mean: np.ndarray, threshold: float, *, std: np.ndarray | None = None,
              true_std: np.ndarray | None = None, probs: np.ndarray | None = None,
              rsd: np.ndarray | None = None) -> dict[str, float | None]:

@@ -7,14 +7,18 @@ source line of each row (for error messages) — and works on whole columns at o
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.tables import Table, parse_delimited, read_bytes
+from uiaa_cli.tables import Table, parse_delimited
 
 SOURCE_FORMATS = ("ava", "counts", "koniq", "long")
+CHUNK_BYTES = 1 << 20  # ~21,000 AVA lines a chunk
 AVA_FIELDS = 15  # index, image id, c1..c10, tag, tag, challenge
 IMAGE_COLUMN_NAMES = ("image", "image_id", "image_name", "img", "id", "name", "filename", "file")
 TOTAL_COLUMN_NAMES = ("c_total", "total", "votes", "n", "num_votes", "count")
@@ -48,26 +52,79 @@ def parse_scale(text: str) -> np.ndarray:
 
 def read_ratings(path: str, source_format: str | None = None, scale: str | None = None,
                  allow_zero_votes: bool = False) -> Ratings:
-    """Detect the format of ``path`` (``-``: stdin) and parse it into counts."""
-    data = read_bytes(path)
-    if not data.strip():
-        raise UiaaError("empty input: no ratings", where=at(path))
-    fmt = source_format or detect_format(data)
-    if fmt not in SOURCE_FORMATS:
-        raise UiaaError(f"unknown ratings format {fmt!r}; choose one of {', '.join(SOURCE_FORMATS)}")
-    bins = parse_scale(scale) if scale else None
-    if fmt == "ava":
-        ratings = parse_ava(data, path)
-        if bins is not None:
-            ratings.bins = check_bins(bins, ratings.counts.shape[1], path)
-    else:
-        table = parse_delimited(data, path)
-        if fmt == "long":
-            ratings = parse_long(table, path, bins)
-        else:
-            ratings = parse_counts(table, path, bins, koniq=fmt == "koniq")
-    check_ratings(ratings, path, allow_zero_votes)
-    return ratings
+    """All the ratings of ``path`` at once (see :func:`iter_ratings`)."""
+    chunks = list(iter_ratings(path, source_format, scale, allow_zero_votes))
+    if len(chunks) == 1:
+        return chunks[0]
+    first = chunks[0]
+    return Ratings(np.concatenate([c.images for c in chunks]), np.concatenate([c.counts for c in chunks]),
+                   first.bins, np.concatenate([c.lines for c in chunks]), first.source_format)
+
+
+def iter_ratings(path: str, source_format: str | None = None, scale: str | None = None,
+                 allow_zero_votes: bool = False, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Ratings]:
+    """Detect the format of ``path`` (``-``: stdin) and yield its counts, checked, in chunks.
+
+    AVA.txt streams in blocks of whole lines, so memory stays flat however long the file; the
+    table formats are read whole (a long table of votes must be, to aggregate them per image).
+    """
+    stream = open_binary(path)
+    try:
+        first = stream.read(chunk_bytes)
+        if not first.strip():
+            raise UiaaError("empty input: no ratings", where=at(path))
+        fmt = source_format or detect_format(first)
+        if fmt not in SOURCE_FORMATS:
+            raise UiaaError(f"unknown ratings format {fmt!r}; choose one of {', '.join(SOURCE_FORMATS)}")
+        bins = parse_scale(scale) if scale else None
+        if fmt != "ava":
+            table = parse_delimited(first + stream.read(), path)
+            if fmt == "long":
+                ratings = parse_long(table, path, bins)
+            else:
+                ratings = parse_counts(table, path, bins, koniq=fmt == "koniq")
+            check_ratings(ratings, path, allow_zero_votes, SeenImages())
+            yield ratings
+            return
+        seen = SeenImages()
+        line = 1
+        for block in line_blocks(stream, first, chunk_bytes):
+            ratings = parse_ava(block, path, first_line=line)
+            line += block.count(b"\n")
+            if bins is not None:
+                ratings.bins = check_bins(bins, ratings.counts.shape[1], path)
+            check_ratings(ratings, path, allow_zero_votes, seen)
+            yield ratings
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def open_binary(path: str) -> BinaryIO:
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise UiaaError("no such file", where=at(path)) from None
+    except OSError as e:
+        raise UiaaError(e.strerror or str(e), where=at(path)) from None
+
+
+def line_blocks(stream: BinaryIO, first: bytes, chunk_bytes: int) -> Iterator[bytes]:
+    """Blocks of whole lines (the last may lack its newline); blank-only blocks are skipped."""
+    pending = first
+    while True:
+        more = stream.read(chunk_bytes)
+        if not more:
+            if pending.strip():
+                yield pending
+            return
+        pending += more
+        cut = pending.rfind(b"\n") + 1
+        if cut and pending[:cut].strip():
+            yield pending[:cut]
+            pending = pending[cut:]
 
 
 def detect_format(data: bytes) -> str:
@@ -86,51 +143,49 @@ def detect_format(data: bytes) -> str:
     return "counts"
 
 
-def parse_ava(data: bytes, path: str) -> Ratings:
+def parse_ava(data: bytes, path: str, first_line: int = 1) -> Ratings:
     """AVA.txt: ``index id c1..c10 tag tag challenge`` per line, whitespace-separated."""
     buf = np.frombuffer(data, dtype=np.uint8)
     is_space = (buf == 32) | (buf == 9) | (buf == 13) | (buf == 10) | (buf == 11) | (buf == 12)
     newline = buf == 10
-    line_of_byte = np.cumsum(newline) - newline + 1  # 1-based line of each byte
+    line_of_byte = np.cumsum(newline, dtype=np.int64) - newline + first_line  # line of each byte
     starts = np.flatnonzero(~is_space & np.concatenate(([True], is_space[:-1])))
     token_line = line_of_byte[starts]
-    lines, per_line = np.unique(token_line, return_counts=True)
-    bad = np.flatnonzero(per_line != AVA_FIELDS)
+    per_line = np.bincount(token_line - first_line)
+    lines = np.flatnonzero(per_line)
+    bad = np.flatnonzero(per_line[lines] != AVA_FIELDS)
+    lines = lines + first_line
     if len(bad):
-        i = bad[0]
+        line = lines[bad[0]]
         raise UiaaError(
-            f"AVA line has {per_line[i]} fields, expected {AVA_FIELDS} (index, id, 10 counts, 2 tags, challenge)",
-            where=at(path, int(lines[i])),
+            f"AVA line has {per_line[line - first_line]} fields, expected {AVA_FIELDS} "
+            "(index, id, 10 counts, 2 tags, challenge)",
+            where=at(path, int(line)),
         )
-    values = _parse_ints(data, len(starts), starts, token_line, path).reshape(-1, AVA_FIELDS)
-    ends = np.append(starts[1:], len(buf))
+    values = _parse_ints(data, buf, is_space, starts, token_line, line_of_byte, path).reshape(-1, AVA_FIELDS)
+    ends = np.flatnonzero(~is_space & np.concatenate((is_space[1:], [True]))) + 1
     id_start = starts[1::AVA_FIELDS]
-    id_len = ends[1::AVA_FIELDS] - id_start - _trailing_space(is_space, ends[1::AVA_FIELDS], id_start)
+    id_len = ends[1::AVA_FIELDS] - id_start
     images = values[:, 1].astype(str)
     if np.any(np.char.str_len(images) != id_len):  # ids with leading zeros or signs: keep the text
         images = np.array([data[s:s + n].decode() for s, n in zip(id_start, id_len)], dtype=str)
     return Ratings(images, values[:, 2:12].astype(np.float64), np.arange(1.0, 11.0), lines, "ava")
 
 
-def _trailing_space(is_space: np.ndarray, ends: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Whitespace bytes between the end of each token and the start of the next."""
-    csum = np.concatenate(([0], np.cumsum(is_space)))
-    return csum[ends] - csum[starts]
-
-
-def _parse_ints(data: bytes, expected: int, starts: np.ndarray, token_line: np.ndarray, path: str) -> np.ndarray:
-    """All whitespace-separated integers in C; on a bad token, name its line."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        values = np.fromstring(data, dtype=np.int64, sep=" ")
-    if len(values) != expected:
-        bad_token = len(values)
-        start = starts[bad_token]
-        token = data[start:].split(None, 1)[0].decode(errors="replace")
-        raise UiaaError(f"not a whole number: {token!r}", where=at(path, int(token_line[bad_token])))
-    # fromstring accepts '12abc' as 12 followed by garbage only at the end; the count check covers that
+def _parse_ints(data: bytes, buf: np.ndarray, is_space: np.ndarray, starts: np.ndarray,
+                token_line: np.ndarray, line_of_byte: np.ndarray, path: str) -> np.ndarray:
+    """All whitespace-separated integers, parsed in C; a token that is not one names its line."""
+    is_digit = (buf >= 48) & (buf <= 57)
+    sign = (buf == 45) | (buf == 43)
+    sign_ok = sign & np.concatenate(([True], is_space[:-1])) & np.concatenate((is_digit[1:], [False]))
+    bad = np.flatnonzero(~is_space & ~is_digit & ~sign_ok)
+    if len(bad):
+        token_start = starts[np.searchsorted(starts, bad[0], side="right") - 1]
+        token = data[token_start:].split(None, 1)[0].decode(errors="replace")
+        raise UiaaError(f"not a whole number: {token!r}", where=at(path, int(line_of_byte[bad[0]])))
+    values = np.fromstring(data, dtype=np.int64, sep=" ")
+    if len(values) != len(starts):
+        raise UiaaError("unreadable numbers", where=at(path))
     return values
 
 
@@ -163,7 +218,7 @@ def _numeric(table: Table, name: str, path: str) -> np.ndarray:
     values = table[name]
     if values.dtype.kind == "U":
         row = next(i for i, v in enumerate(values) if not _is_number(v))  # error path only
-        raise UiaaError(f"column {name!r}: not a number: {values[row]!r}", where=at(path, row + 2))
+        raise UiaaError(f"column {name!r}: not a number: {str(values[row])!r}", where=at(path, row + 2))
     values = values.astype(np.float64)
     nan = np.flatnonzero(~np.isfinite(values))
     if len(nan):
@@ -253,7 +308,41 @@ def infer_scale(scores: np.ndarray, path: str) -> np.ndarray:
     raise UiaaError("unknown scale: votes are not whole numbers in 1..5 or 1..10; pass --scale", where=at(path))
 
 
-def check_ratings(r: Ratings, path: str, allow_zero_votes: bool = False) -> None:
+class SeenImages:
+    """Image ids met so far, as 64-bit hashes (8 bytes an image), to find duplicates across chunks."""
+
+    def __init__(self) -> None:
+        self.hashes = np.zeros(0, dtype=np.uint64)
+
+    def add(self, images: np.ndarray) -> int | None:
+        """Remember ``images``; the index of the first one already met (or repeated within), if any."""
+        h = hash_ids(images)
+        order = np.argsort(h, kind="stable")
+        repeated = np.zeros(len(h), dtype=bool)
+        repeated[order[1:][h[order][1:] == h[order][:-1]]] = True
+        at = np.minimum(np.searchsorted(self.hashes, h), max(len(self.hashes) - 1, 0))
+        if len(self.hashes):
+            repeated |= self.hashes[at] == h
+        if repeated.any():
+            return int(np.argmax(repeated))
+        self.hashes = np.concatenate((self.hashes, h))
+        self.hashes.sort()
+        return None
+
+
+def hash_ids(images: np.ndarray) -> np.ndarray:
+    """FNV-1a over the UTF-8 bytes of each id, vectorised over ids (a loop over byte positions)."""
+    encoded = np.char.encode(images.astype(str), "utf-8")
+    width = encoded.dtype.itemsize
+    data = np.frombuffer(encoded.tobytes(), dtype=np.uint8).reshape(len(images), width) if width else None
+    h = np.full(len(images), 0xCBF29CE484222325, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(width):
+            h = (h ^ data[:, j].astype(np.uint64)) * np.uint64(0x100000001B3)
+    return h
+
+
+def check_ratings(r: Ratings, path: str, allow_zero_votes: bool, seen: SeenImages) -> None:
     """Counts finite and non-negative, at least one vote per image; image ids unique and non-empty."""
     bad = np.flatnonzero(np.any(r.counts < 0, axis=1) | ~np.all(np.isfinite(r.counts), axis=1))
     if len(bad):
@@ -268,9 +357,7 @@ def check_ratings(r: Ratings, path: str, allow_zero_votes: bool = False) -> None
     empty = np.flatnonzero(np.char.str_len(np.char.strip(r.images)) == 0)
     if len(empty):
         raise UiaaError("empty image name", where=at(path, int(r.lines[empty[0]])))
-    unique, first, counts = np.unique(r.images, return_index=True, return_counts=True)
-    dup = np.flatnonzero(counts > 1)
-    if len(dup):
-        name = unique[dup[0]]
-        lines = r.lines[np.flatnonzero(r.images == name)[:2]]
-        raise UiaaError(f"image {name} appears more than once (lines {lines[0]} and {lines[1]})", where=at(path))
+    again = seen.add(r.images)
+    if again is not None:
+        raise UiaaError(f"image {r.images[again]} appears more than once (again at line {r.lines[again]})",
+                        where=at(path))

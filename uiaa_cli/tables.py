@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -156,6 +156,7 @@ def parse_delimited(data: bytes, path: str, delimiter: str | None = None) -> Tab
     delimiter = delimiter or sniff_delimiter(header)
 
     bad_rows: list[Any] = []
+    bad_rows_known = len(body) < 1 << 20  # arrow knows row numbers only when reading on one thread
 
     def on_invalid(row: Any) -> str:
         bad_rows.append(row)
@@ -164,6 +165,7 @@ def parse_delimited(data: bytes, path: str, delimiter: str | None = None) -> Tab
     try:
         arrow = pacsv.read_csv(
             io.BytesIO(body),
+            read_options=pacsv.ReadOptions(use_threads=not bad_rows_known),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in STRING_COLUMNS}, strings_can_be_null=False
@@ -177,9 +179,9 @@ def parse_delimited(data: bytes, path: str, delimiter: str | None = None) -> Tab
                 f"expected {row.expected_columns} columns, found {row.actual_columns}", where=at(path, line)
             ) from None
         raise UiaaError(f"not a readable table: {str(e).splitlines()[0]}", where=at(path)) from None
-    columns = {name: arrow_to_numpy(arrow.column(name)) for name in arrow.column_names}
     if len(set(arrow.column_names)) != len(arrow.column_names):
         raise UiaaError("duplicate column names in the header", where=at(path, skip + 1))
+    columns = {name: arrow_to_numpy(arrow.column(name)) for name in arrow.column_names}
     return Table(columns, attrs)
 
 
@@ -262,40 +264,125 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def write_table(table: Table, path: str | os.PathLike, fmt: str | None = None) -> None:
     """Write to ``path`` (``-``: stdout) as CSV, TSV or HDF5, atomically."""
-    fmt = table_format(path, fmt)
-    if fmt == "h5":
-        if str(path) == "-":
-            raise UiaaError("HDF5 cannot go to stdout; give a file name with -o")
-        with atomic_path(path) as tmp:
-            import h5py
+    with TableWriter(path, fmt) as writer:
+        writer.write(table)
 
-            with h5py.File(tmp, "w") as f:
-                write_h5_group(f, table)
-        return
-    delimiter = "\t" if fmt == "tsv" else ","
-    if str(path) == "-":
-        write_delimited(table, sys.stdout.buffer, delimiter)
-        sys.stdout.buffer.flush()
-        return
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        write_delimited(table, f, delimiter)
+
+class TableWriter:
+    """Write a table in chunks of rows (memory stays flat), to a file atomically or to stdout.
+
+    The first chunk fixes the columns and attributes. CSV/TSV chunks are formatted in a background
+    thread (arrow releases the GIL), so the next chunk is computed while this one is written.
+    """
+
+    def __init__(self, path: str | os.PathLike, fmt: str | None = None, group: str = TABLE_GROUP) -> None:
+        self.path, self.fmt, self.group = str(path), table_format(path, fmt), group
+        if self.fmt == "h5" and self.path == "-":
+            raise UiaaError("HDF5 cannot go to stdout; give a file name with -o")
+        self.rows = 0
+        self._names: list[str] | None = None
+        self._atomic: Any = None
+        self._out: Any = None
+        self._pending: Any = None
+        self._pool: Any = None
+
+    def __enter__(self) -> TableWriter:
+        if self.path != "-":
+            self._atomic = atomic_path(self.path)
+            tmp = self._atomic.__enter__()
+            if self.fmt == "h5":
+                import h5py
+
+                self._out = h5py.File(tmp, "w")
+            else:
+                import pyarrow.fs
+
+                self._out = pyarrow.fs.LocalFileSystem().open_output_stream(str(tmp))
+        else:
+            self._out = sys.stdout.buffer
+        return self
+
+    def write(self, table: Table) -> None:
+        if self._names is None:
+            self._start(table)
+        elif table.names != self._names:
+            raise ValueError(f"chunk columns {table.names} differ from {self._names}")
+        if not len(table):
+            return
+        self.rows += len(table)
+        if self.fmt == "h5":
+            append_h5_rows(self._out[self.group], table)
+            return
+        self._wait()
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1)
+        self._pending = self._pool.submit(write_rows, table, self._out, self._delimiter)
+
+    def _start(self, table: Table) -> None:
+        self._names = table.names
+        if self.fmt == "h5":
+            create_h5_group(self._out, table, self.group)
+            return
+        self._delimiter = "\t" if self.fmt == "tsv" else ","
+        head = b""
+        if table.attrs:
+            head += META_PREFIX + json.dumps(table.attrs, separators=(",", ":")).encode() + b"\n"
+        head += (self._delimiter.join(_quote(n, self._delimiter) for n in table.names) + "\n").encode()
+        self._out.write(head)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        late = None
+        try:
+            self._wait()
+        except BaseException as e:  # a failure in the writing thread fails the whole write
+            late = e
+        if self._pool is not None:
+            self._pool.shutdown()
+        if self.path == "-":
+            self._out.flush()
+        else:
+            self._out.close()
+            failure = exc or late
+            self._atomic.__exit__(type(failure) if failure else None, failure, None)
+        if late is not None and exc is None:
+            raise late
 
 
 def write_h5_group(f: Any, table: Table, group: str = TABLE_GROUP) -> None:
     """Store ``table`` as one dataset per column under ``group`` of an open h5py file."""
+    append_h5_rows(create_h5_group(f, table, group), table)
+
+
+def create_h5_group(f: Any, table: Table, group: str = TABLE_GROUP) -> Any:
+    """An empty, growable dataset per column of ``table`` under ``group``, with its attributes."""
     import h5py
 
     if group in f:
         del f[group]
-    g = f.create_group(group)
+    g = f.create_group(group, track_order=True)
     g.attrs["columns"] = np.array(table.names, dtype=h5py.string_dtype())
     for key, value in table.attrs.items():
         g.attrs[key] = to_h5_attr(value)
     for name, values in table.columns.items():
-        if values.dtype.kind in "US":
-            g.create_dataset(name, data=values.astype(object), dtype=h5py.string_dtype())
-        else:
-            g.create_dataset(name, data=values)
+        dtype = h5py.string_dtype() if values.dtype.kind in "USO" else values.dtype
+        g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,))
+    return g
+
+
+def append_h5_rows(g: Any, table: Table) -> None:
+    """Append the rows of ``table`` to a group made by :func:`create_h5_group`."""
+    for name, values in table.columns.items():
+        ds = g[name]
+        start = ds.shape[0]
+        ds.resize((start + len(values),))
+        ds[start:] = values.astype(object) if values.dtype.kind in "US" else values
 
 
 def to_h5_attr(value: Any) -> Any:
@@ -342,16 +429,11 @@ def _quote(name: str, delimiter: str) -> str:
     return name
 
 
-def write_delimited(table: Table, out: BinaryIO, delimiter: str = ",") -> None:
-    """CSV/TSV: the attribute line (if any), a plain header, then the rows (shortest exact floats)."""
+def write_rows(table: Table, out: Any, delimiter: str = ",") -> None:
+    """The rows of ``table`` as CSV/TSV (no header): shortest exact floats, quotes only if needed."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    if table.attrs:
-        out.write(META_PREFIX + json.dumps(table.attrs, separators=(",", ":")).encode() + b"\n")
-    out.write((delimiter.join(_quote(n, delimiter) for n in table.names) + "\n").encode())
-    if not len(table):
-        return
     arrays, quote = [], False
     for values in table.columns.values():
         if values.dtype.kind in "USO":

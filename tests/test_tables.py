@@ -1,0 +1,105 @@
+"""Tables: lossless CSV <-> TSV <-> HDF5 through ``uiaa convert``, stdin/stdout, atomic writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from uiaa_cli import tables
+from uiaa_cli.errors import UiaaError
+from uiaa_cli.tables import Table, read_table, write_table
+
+
+def awkward_table() -> Table:
+    rng = np.random.default_rng(0)
+    n = 50
+    return Table({
+        "image": np.array([f"00{i}" for i in range(n - 3)] + ['a,b.jpg', 'say "hi".png', "ünïcode/ø.jpg"]),
+        "votes": rng.integers(1, 500, n),
+        "mean": rng.random(n) * 10,
+        "std": np.where(np.arange(n) % 7 == 0, 0.0, rng.random(n)),
+        "1": np.r_[1e-300, 1 / 3, np.zeros(n - 2)],
+        "p_1": rng.random(n) ** 8,
+    }, {"uiaa": "labels", "kind": "gauss-mv", "bins": [1.0, 2.0], "lam": 0.5, "divisor": "2var"})
+
+
+def assert_tables_equal(a: Table, b: Table) -> None:
+    assert a.names == b.names and a.attrs == b.attrs
+    for name in a.names:
+        assert a[name].dtype.kind == b[name].dtype.kind, name
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_round_trip_through_every_format(uiaa, tmp_path):
+    original = awkward_table()
+    write_table(original, tmp_path / "t.csv")
+    steps = ["t.tsv", "t.h5", "u.csv", "u.h5", "u.tsv", "v.csv"]
+    previous = tmp_path / "t.csv"
+    for name in steps:
+        r = uiaa("convert", previous, tmp_path / name)
+        assert r.returncode == 0, r.stderr
+        assert_tables_equal(read_table(tmp_path / name), original)
+        previous = tmp_path / name
+    assert (tmp_path / "t.csv").read_bytes() == (tmp_path / "v.csv").read_bytes()
+    assert (tmp_path / "t.tsv").read_bytes() == (tmp_path / "u.tsv").read_bytes()
+
+
+def test_leading_zero_ids_stay_text_and_floats_are_exact(tmp_path):
+    t = awkward_table()
+    write_table(t, tmp_path / "t.csv")
+    back = read_table(tmp_path / "t.csv")
+    assert back["image"][0] == "000"
+    assert back["1"][1] == 1 / 3 and back["1"][0] == 1e-300
+
+
+def test_stdin_stdout_and_format_option(uiaa, tmp_path):
+    write_table(awkward_table(), tmp_path / "t.csv")
+    r = uiaa("convert", "-", "-", "--to", "tsv", input=(tmp_path / "t.csv").read_bytes())
+    assert r.returncode == 0, r.stderr
+    header = r.stdout.splitlines()[1]
+    assert header == b"image\tvotes\tmean\tstd\t1\tp_1"
+    assert uiaa("convert", tmp_path / "t.csv", "-", "--to", "h5").returncode == 2
+
+
+def test_plain_csv_without_attributes(tmp_path):
+    (tmp_path / "p.csv").write_text("image,score\n1,5\n2,6.5\n")
+    t = read_table(tmp_path / "p.csv")
+    assert t.attrs == {} and list(t["image"]) == ["1", "2"]
+    write_table(t, tmp_path / "q.csv")
+    assert (tmp_path / "q.csv").read_text() == "image,score\n1,5\n2,6.5\n"
+
+
+def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    target = tmp_path / "keep.csv"
+    target.write_text("precious\n")
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(tables, "write_rows", explode)
+    with pytest.raises(RuntimeError):
+        write_table(awkward_table(), target)
+    assert target.read_text() == "precious\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.csv"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty input"),
+    (b"image,score\n1,2,3\n", ":2: expected 2 columns, found 3"),
+    (b"image,score,score\n1,2,3\n", "duplicate column names"),
+    (b"# uiaa: {not json\nimage\n", ":1: unreadable '# uiaa:' attribute line"),
+])
+def test_bad_tables(tmp_path, content, message):
+    (tmp_path / "bad.csv").write_bytes(content)
+    with pytest.raises(UiaaError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        read_table(tmp_path / "bad.csv")
+    assert "bad.csv" in str(e.value)
+
+
+def test_bad_hdf5_and_missing_files(uiaa, tmp_path):
+    (tmp_path / "fake.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    r = uiaa("convert", tmp_path / "fake.h5", tmp_path / "out.csv")
+    assert r.returncode == 2 and "fake.h5" in r.stderr.decode() and b"Traceback" not in r.stderr
+    r = uiaa("convert", tmp_path / "nothere.csv", tmp_path / "out.csv")
+    assert r.returncode == 2 and "no such file" in r.stderr.decode()
+    assert not (tmp_path / "out.csv").exists()
