@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from _common import SHARED_DATA, best_of, report, uiaa_exe
 
 ROWS = 255_530

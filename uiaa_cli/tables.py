@@ -188,21 +188,31 @@ def parse_delimited(data: bytes, path: str, delimiter: str | None = None) -> Tab
 def arrow_to_numpy(column: Any) -> np.ndarray:
     """An arrow column as numpy: strings as ``str``, integers as int64, other numbers as float64."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     col = column.combine_chunks() if hasattr(column, "combine_chunks") else column
     t = col.type
+    # no fill_null/pa.scalar here: they import pandas (~0.3 s of start-up)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return np.array(col.fill_null("").to_pylist(), dtype=str)
+        return np.array(["" if v is None else v for v in col.to_pylist()] if col.null_count else col.to_pylist(),
+                        dtype=str)
     if pa.types.is_null(t):
         return np.full(len(col), np.nan)
     if pa.types.is_integer(t) and col.null_count == 0:
-        return np.asarray(col.cast(pa.int64()).to_numpy(zero_copy_only=False))
-    if pa.types.is_boolean(t):
-        return np.asarray(col.fill_null(False).to_numpy(zero_copy_only=False))
-    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
-        return np.asarray(pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False))
-    return np.array(col.cast(pa.string()).fill_null("").to_pylist(), dtype=str)
+        return _buffer_values(col.cast(pa.int64()), np.int64)
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_boolean(t):
+        return _buffer_values(col.cast(pa.float64()), np.float64)
+    return np.array(["" if v is None else str(v) for v in col.to_pylist()], dtype=str)
+
+
+def _buffer_values(col: Any, dtype: type) -> np.ndarray:
+    """A primitive arrow array's values straight from its buffers, nulls as NaN (``to_numpy`` imports pandas)."""
+    n, offset = len(col), col.offset
+    validity, data = col.buffers()[:2]
+    values = np.frombuffer(data, dtype=dtype)[offset:offset + n].copy()
+    if col.null_count:
+        valid = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")[offset:offset + n]
+        values[valid == 0] = np.nan
+    return values
 
 
 def read_h5_table(path: str, group: str = TABLE_GROUP) -> Table:
