@@ -240,9 +240,9 @@ def evaluate(
 
   uiaa convert labels.csv - --to tsv | cut -f1,3
 
-  uiaa convert runs/latest/best.pt model.onnx  # for deployment; pip install 'uiaa[onnx]'
+  uiaa convert runs/latest/best.pt model.onnx  # needs uiaa[onnx]
 
-  uiaa convert runs/latest/best.pt model.ts    # TorchScript, for torch.jit.load
+  uiaa convert runs/latest/best.pt model.ts    # TorchScript
 
 An exported model takes pixels (N, 3, S, S): RGB values 0..255 (uint8; TorchScript also float), the
 whole image warp-resized to the checkpoint's size S (no crop, bilinear), EXIF orientation applied,
@@ -283,13 +283,13 @@ def not_yet(command: str) -> None:
 
 @app.command(epilog="""Examples:
 
-  uiaa cache labels.csv --images ava/images -o ava.h5        # 384 px, all cores
+  uiaa cache labels.csv --images ava/images -o ava.h5   # 384 px
 
-  uiaa cache train.csv -o train.h5 --size 224 --workers 4     # images beside train.csv
+  uiaa cache train.csv -o train.h5 --size 224 --workers 4
 
-  uiaa cache labels.csv --images ava/images -o ava.h5 --resume   # after Ctrl-C or a crash
+  uiaa cache labels.csv --images ava/images -o ava.h5 --resume
 
-  uiaa convert ava.h5 kept.csv                                # the labels of the images cached
+  uiaa convert ava.h5 kept.csv      # labels of the images cached
 
 Exit status: 0 all images cached, 1 some images skipped (listed on stderr and in the cache's
 'skipped' table), 2 usage or input error.
@@ -317,7 +317,7 @@ def cache(
                              progress=False if quiet else progress)
         rate = report.decoded / report.seconds if report.seconds > 0 else 0.0
         message = (f"uiaa cache: {report.stored:,} of {report.total:,} images -> {output} ({size} px); "
-                   f"{report.decoded:,} decoded in {report.seconds:.1f} s ({rate:,.0f} images/s, "
+                   f"{report.decoded:,} processed in {report.seconds:.1f} s ({rate:,.0f} images/s, "
                    f"{report.workers} worker{'s' if report.workers > 1 else ''})")
         if report.carried:
             message += f"; {report.carried:,} carried over from the interrupted build"
@@ -338,17 +338,17 @@ class Loss(str, Enum):
 
 @app.command(epilog="""Examples:
 
-  uiaa train ava.h5 --arch resnet50 --loss ce --device cuda:0       # from a cache (fast)
+  uiaa train ava.h5 --device cuda:0            # from a cache (fast)
 
-  uiaa train labels.csv --images photos/ --size 224 --epochs 5     # decoding on the fly
+  uiaa train labels.csv --images photos/       # decoding on the fly
 
   uiaa train train.h5 --val test.h5 --lr 1e-3,1e-4 --out runs/mine
 
   uiaa train small.csv --arch resnet18 --weights none --size 64 --device cpu
 
-  uiaa train --resume runs/mine                                    # after Ctrl-C
+  uiaa train --resume runs/mine                # after Ctrl-C
 
-  torchrun --nproc_per_node=4 -m uiaa_cli train ava.h5             # DDP, one process per GPU
+  torchrun --nproc_per_node=4 -m uiaa_cli train ava.h5    # DDP, 4 GPUs
 
 Writes metrics.csv, last.pt (resumable) and best.pt (highest validation SRCC) in --out, and points
 runs/latest at the newest run; 'uiaa predict' finds it there.
@@ -404,28 +404,32 @@ def train(
         try:
             folder = run_training(settings)
         except Interrupted as e:
-            print(f"uiaa train: {e}", file=sys.stderr, flush=True)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+                print(f"uiaa train: {e}", file=sys.stderr, flush=True)
             raise typer.Exit(130) from None
-        say(f"uiaa train: done; best model {folder / 'best.pt'}")
+        if os.environ.get("RANK", "0") == "0":
+            say(f"uiaa train: done; best model {folder / 'best.pt'}")
 
 
 @app.command(epilog="""Examples:
 
-  uiaa predict photos/ | sort -k2                 # rank a folder, best last (path<TAB>score)
+  uiaa predict photos/ | sort -k2               # rank a folder, best last
 
-  uiaa predict photos/ | sort -k2 -g | tail -5    # the five best
+  uiaa predict photos/ | sort -k2 -g | tail -5  # the five best
 
   find . -name '*.jpg' | uiaa predict - -m model.pt
 
-  uiaa predict test.csv --images ava/images -o preds.csv && uiaa evaluate preds.csv test.csv
+  uiaa predict test.csv --images ava/images -o preds.csv
 
-  uiaa predict test.h5 -o preds.h5                # a cache: its stored pixels
+  uiaa evaluate preds.csv test.csv
+
+  uiaa predict test.h5 -o preds.h5              # a cache: its stored pixels
 
   torchrun --nproc-per-node 4 -m uiaa_cli predict photos/ -o preds.csv
 """)
 def predict(
     inputs: Annotated[Optional[list[str]], typer.Argument(
-        metavar="INPUTS...", help="Image files, folders (recursive), - for a list of paths on stdin, or a labels "
+        metavar="INPUTS", help="Image files, folders (recursive), - for a list of paths on stdin, or a labels "
                                   "table / cache (.csv, .tsv, .h5) whose images are scored.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="A checkpoint (or a run folder). Default: "
                                                   "$UIAA_MODEL, else the newest under ./runs.")] = None,
@@ -457,7 +461,7 @@ def predict(
         interactive = sys.stderr.isatty() and not quiet
         result = run_predict(inputs, model=model, output=output, fmt=to.value if to else None, images=images,
                              device=device, batch_size=batch_size, workers=workers,
-                             progress=(interactive or progress) and not quiet, say=say)
+                             progress=(interactive or progress) and not quiet)
         if interactive or progress:
             say(f"uiaa predict: {result.scored:,} images scored, {result.failed:,} failed, "
                 f"{result.scored / max(result.seconds, 1e-9):.1f} images/s" + (f" -> {output}" if output else ""))

@@ -1,0 +1,235 @@
+"""Training data: uint8 image batches from a cache (fast path) or decoded on the fly from a labels table.
+
+A source yields ``(pixels, rows)`` per batch of row indices: ``pixels`` a uint8 ``(B, S, S, 3)``
+tensor, ``rows`` the indices that were read (a table source drops images it cannot decode). Pixels
+stay uint8 until ``Normalise`` runs on the training device, so a batch costs 1 byte per value to
+read, copy and move; conversion to float, the flip and the normalisation happen as late as possible.
+
+Every random choice is a function of ``(seed, epoch, step)``, not of a generator's history, so a run
+resumed at any step draws the same batches and flips as one that was never stopped.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from uiaa_cli.tables import Table, is_hdf5
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, *, shuffle: bool = True, rank: int = 0,
+                  world: int = 1) -> list[np.ndarray]:
+    """The batches of row indices of one epoch, for one rank of ``world``.
+
+    Shuffled by ``(seed, epoch)``; with several ranks the order is padded (by repeating its start)
+    to a multiple of ``world`` and dealt out ``rank::world``, as ``DistributedSampler`` does. Each
+    batch is sorted (HDF5 reads want increasing indices; the order within a batch does not matter).
+    A last batch of one image is dropped: BatchNorm cannot train on it.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    if world > 1:
+        padded = -(-n // world) * world
+        order = np.concatenate([order, order[: padded - n]])[rank::world]
+    batches = [np.sort(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+    if shuffle and batches and len(batches[-1]) == 1:
+        batches.pop()
+    return batches
+
+
+def flip_mask(batch: int, seed: int, epoch: int, step: int, rank: int = 0) -> np.ndarray:
+    """Which images of a batch to flip horizontally (each with probability 1/2)."""
+    return np.random.default_rng([seed, epoch, step, rank, 1]).random(batch) < 0.5
+
+
+class Normalise:
+    """uint8 ``(B, S, S, 3)`` on any device -> normalised float ``(B, 3, S, S)`` on ``device``.
+
+    The permuted view of an NHWC batch is already channels_last, which is what convolutions on
+    CUDA prefer; on CPU the result is made contiguous (NCHW), which oneDNN runs faster here.
+    """
+
+    def __init__(self, mean: list[float], std: list[float], device: torch.device, channels_last: bool) -> None:
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -mean_t / std_t
+        self.device = device
+        self.channels_last = channels_last
+
+    def __call__(self, pixels: Tensor, flip: np.ndarray | None = None) -> Tensor:
+        x = pixels.to(self.device, non_blocking=True)
+        if flip is not None and flip.any():
+            mask = torch.from_numpy(flip).to(self.device).view(-1, 1, 1, 1)
+            x = torch.where(mask, x.flip(2), x)
+        x = x.permute(0, 3, 1, 2).float().mul_(self.scale).add_(self.shift)
+        return x if self.channels_last else x.contiguous()
+
+
+class Source:
+    """Rows of a labels table and their pixels."""
+
+    table: Table
+    size: int
+    bad: int = 0  # images that could not be decoded so far
+
+    def batches(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[Tensor, np.ndarray]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class ArraySource(Source):
+    """Pixels already in memory (tests, benchmarks)."""
+
+    def __init__(self, pixels: np.ndarray, table: Table) -> None:
+        self.pixels, self.table, self.size = pixels, table, pixels.shape[1]
+
+    def batches(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[Tensor, np.ndarray]]:
+        for rows in batches:
+            yield torch.from_numpy(self.pixels[rows]), rows
+
+
+class CacheSource(Source):
+    """A ``uiaa cache`` file: batches read as uint8 by a background thread, ahead of the model."""
+
+    def __init__(self, path: str, pin_memory: bool = False) -> None:
+        from uiaa_cli.cache import CacheReader
+
+        self.reader = CacheReader(path)
+        self.reader.__enter__()
+        self.table, self.size = self.reader.table, int(self.reader.size)
+        self.pin_memory = pin_memory
+
+    def read(self, rows: np.ndarray) -> tuple[Tensor, np.ndarray]:
+        pixels = torch.from_numpy(np.ascontiguousarray(self.reader.read(rows)))
+        return (pixels.pin_memory() if self.pin_memory else pixels), rows
+
+    def batches(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[Tensor, np.ndarray]]:
+        return prefetch(self.read(rows) for rows in batches)
+
+    def close(self) -> None:
+        self.reader.__exit__(None, None, None)
+
+
+class DecodedImages(torch.utils.data.Dataset):
+    """Images of a labels table decoded and resized in DataLoader workers; a bad one is flagged."""
+
+    def __init__(self, root: Path, names: np.ndarray, size: int) -> None:
+        self.root, self.names, self.size = root, names, size
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, bool]:
+        from uiaa_cli.errors import UiaaError
+        from uiaa_cli.images import ImageError, decode_image, resolve_image
+
+        try:
+            pixels = decode_image(resolve_image(self.root, str(self.names[i])), self.size)
+        except (ImageError, UiaaError, OSError):
+            return torch.zeros((self.size, self.size, 3), dtype=torch.uint8), False
+        return torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy()), True
+
+
+class TableSource(Source):
+    """A labels table whose images are decoded on the fly by ``workers`` processes."""
+
+    def __init__(self, table: Table, root: Path, size: int, workers: int, pin_memory: bool = False) -> None:
+        self.table, self.size, self.workers, self.pin_memory = table, size, workers, pin_memory
+        self.dataset = DecodedImages(root, table["image"], size)
+
+    def batches(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[Tensor, np.ndarray]]:
+        batches = list(batches)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=batches, num_workers=self.workers, pin_memory=self.pin_memory,
+            prefetch_factor=4 if self.workers else None,
+            # Its own generator: worker seeds must not draw from the global RNG that dropout uses,
+            # or a resumed run would diverge.
+            generator=torch.Generator().manual_seed(0),
+        )
+        for rows, (pixels, ok) in zip(batches, loader, strict=True):
+            ok = ok.numpy()
+            if not ok.all():
+                self.bad += int((~ok).sum())
+                pixels, rows = pixels[torch.from_numpy(ok)], rows[ok]
+            yield pixels, rows
+
+
+def open_source(path: str, *, images: str | None, size: int | None, workers: int,
+                pin_memory: bool = False) -> Source:
+    """A cache (HDF5 with an ``images`` dataset) or a labels table decoded from ``images``."""
+    from uiaa_cli.errors import UiaaError, at
+
+    if is_hdf5(path) and has_pixels(path):
+        source = CacheSource(path, pin_memory)
+        if size is not None and size != source.size:
+            source.close()
+            raise UiaaError(f"the cache holds {source.size} px images, not --size {size}: omit --size or "
+                            f"rebuild the cache with 'uiaa cache --size {size}'", where=at(path))
+        return source
+    from uiaa_cli.tables import read_table
+
+    table = read_table(path)
+    if "image" not in table:
+        raise UiaaError("no 'image' column: not a labels table", where=at(path))
+    root = Path(images) if images else Path(path).resolve().parent
+    if not root.is_dir():
+        raise UiaaError("no such folder of images (give it with --images)", where=at(str(root)))
+    return TableSource(table, root, size or 384, workers, pin_memory)
+
+
+def has_pixels(path: str) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "images" in f
+    except OSError:
+        return False
+
+
+def prefetch(items: Iterator, depth: int = 3) -> Iterator:
+    """Run ``items`` in a background thread, ``depth`` ahead of the consumer (HDF5 reads, numpy copies
+    and pinning release the GIL for most of their time, so they overlap the model's step)."""
+    done = object()
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as e:  # hand the error to the consumer
+            put(e)
+
+    thread = threading.Thread(target=work, daemon=True, name="uiaa-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
