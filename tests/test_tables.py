@@ -61,6 +61,15 @@ def test_stdin_stdout_and_format_option(uiaa, tmp_path):
     assert uiaa("convert", tmp_path / "t.csv", "-", "--to", "h5").returncode == 2
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    write_table(awkward_table(), tmp_path / "t.csv")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "t.csv").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_plain_csv_without_attributes(tmp_path):
     (tmp_path / "p.csv").write_text("image,score\n1,5\n2,6.5\n")
     t = read_table(tmp_path / "p.csv")
