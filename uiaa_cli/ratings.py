@@ -309,10 +309,14 @@ def infer_scale(scores: np.ndarray, path: str) -> np.ndarray:
 
 
 class SeenImages:
-    """Image ids met so far, as 64-bit hashes (8 bytes an image), to find duplicates across chunks."""
+    """Image ids met so far, as 64-bit hashes (8 bytes an image), to find duplicates across chunks.
+
+    The hashes are kept in sorted runs whose sizes at least double from one to the next (merged like
+    a binary counter), so each chunk costs a few binary searches, not a sort of everything so far.
+    """
 
     def __init__(self) -> None:
-        self.hashes = np.zeros(0, dtype=np.uint64)
+        self.runs: list[np.ndarray] = []
 
     def add(self, images: np.ndarray) -> int | None:
         """Remember ``images``; the index of the first one already met (or repeated within), if any."""
@@ -320,13 +324,15 @@ class SeenImages:
         order = np.argsort(h, kind="stable")
         repeated = np.zeros(len(h), dtype=bool)
         repeated[order[1:][h[order][1:] == h[order][:-1]]] = True
-        at = np.minimum(np.searchsorted(self.hashes, h), max(len(self.hashes) - 1, 0))
-        if len(self.hashes):
-            repeated |= self.hashes[at] == h
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, h), len(run) - 1)
+            repeated |= run[at] == h
         if repeated.any():
             return int(np.argmax(repeated))
-        self.hashes = np.concatenate((self.hashes, h))
-        self.hashes.sort()
+        run = h[order]
+        while self.runs and len(self.runs[-1]) <= 2 * len(run):
+            run = np.sort(np.concatenate((self.runs.pop(), run)), kind="stable")
+        self.runs.append(run)
         return None
 
 
