@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.tables import Table, parse_delimited
+from uiaa_cli.tables import Table, parse_delimited, utf8
 
 SOURCE_FORMATS = ("ava", "counts", "koniq", "long")
 CHUNK_BYTES = 1 << 20  # ~21,000 AVA lines a chunk
@@ -166,8 +166,10 @@ def parse_ava(data: bytes, path: str, first_line: int = 1) -> Ratings:
     ends = np.flatnonzero(~is_space & np.concatenate((is_space[1:], [True]))) + 1
     id_start = starts[1::AVA_FIELDS]
     id_len = ends[1::AVA_FIELDS] - id_start
-    images = values[:, 1].astype(str)
-    if np.any(np.char.str_len(images) != id_len):  # ids with leading zeros or signs: keep the text
+    ids = values[:, 1]
+    digits = np.floor(np.log10(np.maximum(np.abs(ids), 1))).astype(np.int64) + 1 + (ids < 0)
+    images = ids.astype(str)
+    if np.any(digits != id_len):  # ids with leading zeros or signs: keep the text
         images = np.array([data[s:s + n].decode() for s, n in zip(id_start, id_len)], dtype=str)
     return Ratings(images, values[:, 2:12].astype(np.float64), np.arange(1.0, 11.0), lines, "ava")
 
@@ -338,7 +340,7 @@ class SeenImages:
 
 def hash_ids(images: np.ndarray) -> np.ndarray:
     """FNV-1a over the UTF-8 bytes of each id, vectorised over ids (a loop over byte positions)."""
-    encoded = np.char.encode(images.astype(str), "utf-8")
+    encoded = utf8(images)
     width = encoded.dtype.itemsize
     data = np.frombuffer(encoded.tobytes(), dtype=np.uint8).reshape(len(images), width) if width else None
     h = np.full(len(images), 0xCBF29CE484222325, dtype=np.uint64)

@@ -407,11 +407,19 @@ def to_h5_attr(value: Any) -> Any:
     return value
 
 
+def utf8(values: np.ndarray) -> np.ndarray:
+    """A str array as UTF-8 bytes (``S`` dtype); ASCII, the usual case, takes numpy's fast cast."""
+    try:
+        return values.astype("S")
+    except UnicodeEncodeError:
+        return np.char.encode(values.astype(str), "utf-8")
+
+
 def _string_array(values: np.ndarray) -> Any:
     """A str numpy array as an arrow string array, built from buffers (``pa.array`` imports pandas)."""
     import pyarrow as pa
 
-    encoded = np.char.encode(values.astype(str), "utf-8")
+    encoded = utf8(values)
     lengths = np.char.str_len(encoded).astype(np.int64)
     offsets = np.zeros(len(values) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
