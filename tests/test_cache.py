@@ -160,6 +160,9 @@ def test_images_root_default_is_the_labels_folder(tmp_path):
     ("bad size", "--size"),
     ("bad workers", "--workers"),
     ("not h5", ".h5"),
+    ("output folder missing", "no such folder for the cache"),
+    ("output under a file", "no such folder for the cache"),
+    ("output is a folder", "is a folder"),
 ])
 def test_usage_and_input_errors(tmp_path, case, message):
     names = make_images(tmp_path, 1)
@@ -179,16 +182,33 @@ def test_usage_and_input_errors(tmp_path, case, message):
         kw["workers"] = 0
     elif case == "not h5":
         kw["out_path"] = tmp_path / "c.csv"
+    elif case == "output folder missing":
+        kw["out_path"] = tmp_path / "nope" / "c.h5"
+    elif case == "output under a file":
+        kw["out_path"] = labels / "c.h5"
+    elif case == "output is a folder":
+        (tmp_path / "c.h5").mkdir()
     with pytest.raises(UiaaError, match=message) as e:
         build_cache(**kw)
     assert e.value.status == 2
-    assert not (tmp_path / "c.h5").exists() and not partial_path(tmp_path / "c.h5").exists()
+    assert not (tmp_path / "c.h5").is_file() and not partial_path(tmp_path / "c.h5").exists()
+    assert not (tmp_path / "nope").exists()
 
 
 def test_command_usage_errors_exit_2(tmp_path):
-    run = run_command("cache", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "c.h5"))
-    assert run.returncode == 2 and run.stderr.startswith("uiaa cache: error:") and "no such file" in run.stderr
-    assert "Traceback" not in run.stderr
+    names = make_images(tmp_path, 1)
+    labels = write_labels(tmp_path / "labels.csv", names)
+    (tmp_path / "noimage.csv").write_text("name,mean\n0000,5\n")
+    for args, words in (
+        ([str(tmp_path / "nope.csv"), "-o", str(tmp_path / "c.h5")], "nope.csv: no such file"),
+        ([str(tmp_path / "noimage.csv"), "-o", str(tmp_path / "c.h5")], "noimage.csv: no 'image' column"),
+        ([str(labels), "-o", str(tmp_path / "missing" / "c.h5")], "missing: no such folder for the cache"),
+    ):
+        run = run_command("cache", *args)
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.startswith("uiaa cache: error:") and words in run.stderr, run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1 and not run.stdout, run.stderr
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "c.h5").exists()
     run = run_command("cache", str(tmp_path / "nope.csv"))  # no -o
     assert run.returncode == 2 and "--output" in run.stderr
 
@@ -318,6 +338,27 @@ def test_a_dying_worker_is_an_error_not_a_hang(tmp_path, monkeypatch):
     report = build_cache(labels, None, out, size=SIZE, workers=1, resume=True, progress=False)
     # The batches finished before the crash were kept and not decoded again.
     assert 16 <= report.carried <= 35 and report.stored == 40 and report.decoded == 40 - report.carried
+
+
+def test_resume_of_a_finished_cache_redoes_nothing(tmp_path):
+    names = make_images(tmp_path / "img", 5)
+    labels = write_labels(tmp_path / "labels.csv", names)
+    out = tmp_path / "c.h5"
+    kw = {"images_root": tmp_path / "img", "size": SIZE, "workers": 1, "progress": False}
+    first = build_cache(labels, out_path=out, **kw)
+    assert first.stored == 5 and not first.complete_already
+    stamp = out.stat().st_mtime_ns
+    again = build_cache(labels, out_path=out, resume=True, **kw)
+    assert again.complete_already and again.stored == 5 and again.decoded == 0 and not again.skipped
+    assert out.stat().st_mtime_ns == stamp
+    run = run_command("cache", str(labels), "--images", str(tmp_path / "img"), "-o", str(out), "--size", str(SIZE),
+                      "--resume")
+    assert run.returncode == 0 and "already complete" in run.stderr and "nothing to do" in run.stderr, run.stderr
+    # New targets for the same images: the cache must carry them, so it is built again.
+    labels.write_text(labels.read_text().replace(",0.5,", ",9.5,"))
+    changed = build_cache(labels, out_path=out, resume=True, **kw)
+    assert not changed.complete_already and changed.decoded == 5
+    assert read_table(out)["mean"][0] == 9.5
 
 
 def test_resume_refuses_a_different_build(tmp_path):

@@ -264,6 +264,9 @@ def test_resolve_names_and_bare_ids(root):
 def test_resolve_missing(root):
     with pytest.raises(ImageError, match="no such image.*e.jpg, e.jpeg, e.png"):
         resolve_image(root, "e")
+    with pytest.raises(ImageError, match=r"no such image under \S+$") as e:  # a name with an extension
+        resolve_image(root, "sub/e.png")
+    assert "also tried" not in str(e.value) and e.value.where == "sub/e.png"
 
 
 @pytest.mark.parametrize("name", ["../outside.jpg", "../outside", "sub/../../outside.jpg", ".."])

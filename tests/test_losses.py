@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 from uiaa_cli.data import epoch_batches, flip_mask
 from uiaa_cli.losses import HUBER_THRESHOLD, activate, loss_function
-from uiaa_cli.training import default_lr, epoch_lr, parse_lr
+from uiaa_cli.training import default_lr, default_weight_decay, epoch_lr, parse_lr
 
 floats = st.floats(-6, 6, allow_nan=False, width=64)
 
@@ -133,6 +133,14 @@ def test_default_learning_rates_follow_the_unified_formulation() -> None:
     assert default_lr("soft", "mse", "resnet50") == pytest.approx((10**-2.5, 10**-3.5))
     assert default_lr("gauss-nv", "huber", "resnet50") == pytest.approx((10**-1.5, 10**-2.5))
     assert default_lr("gauss-mv", "ce", "vgg16") == pytest.approx((1e-4, 1e-5))
+    assert default_lr("soft", "ce", "resnet50") == pytest.approx((1e-2, 1e-3))
+    assert default_lr("soft", "mse", "vgg16") < default_lr("soft", "mse", "resnet50")
+    assert default_lr("rsd", "huber", "vgg16") < default_lr("rsd", "huber", "resnet50")
+
+
+def test_default_weight_decay_by_architecture() -> None:
+    assert default_weight_decay("resnet50") == 1e-4 and default_weight_decay("resnet18") == 1e-4
+    assert default_weight_decay("vgg16") == 5e-4 and default_weight_decay("vgg16_bn") == 5e-4
 
 
 def test_per_epoch_exponential_decay() -> None:

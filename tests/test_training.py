@@ -18,8 +18,9 @@ import torch
 from conftest import REPO, run_uiaa
 from PIL import Image
 
+from uiaa_cli.errors import UiaaError
 from uiaa_cli.losses import LOSSES, loss_function
-from uiaa_cli.models import build_model, load_checkpoint, save_checkpoint
+from uiaa_cli.models import CHECKPOINT_FORMAT, build_model, load_checkpoint, save_checkpoint
 from uiaa_cli.tables import read_table
 
 FAST = ["--arch", "resnet18", "--weights", "none", "--size", "32", "--device", "cpu", "--workers", "0",
@@ -142,8 +143,14 @@ def test_learns_the_signal_and_the_checkpoint_is_enough_to_predict(data: Path, t
 
 def test_linear_head_with_two_set_targets(small: Path, tmp_path: Path) -> None:
     soft = make_dataset(tmp_path / "soft", 48, seed=2, kind="soft")
+    (tmp_path / "soft" / "img" / "0005.png").unlink()  # unreadable images are named, and left out
+    (tmp_path / "soft" / "img" / "0007.png").write_text("not a picture")
     done = train(soft, *FAST, "--epochs", "1", "--loss", "huber", "--lr", "1e-3,1e-3", "--out", tmp_path / "run")
     assert done.returncode == 0, done.stderr
+    # 0005 is held out for validation (the split of seed 0), 0007 is a training image.
+    assert "left out of the validation images img/0005.png: no such image" in done.stderr, done.stderr
+    assert "left out img/0007.png: not an image" in done.stderr, done.stderr
+    assert not done.stdout  # stdout stays clean: everything for people is on stderr
     _, config, _ = load_checkpoint(tmp_path / "run" / "last.pt")
     assert config["activation"] == "linear" and config["targets"] == ["p_low", "p_high"]
     assert config["kind"] == "soft" and config["loss"] == "huber"
@@ -237,6 +244,79 @@ def test_user_errors_are_one_line(small: Path, tmp_path: Path) -> None:
         assert done.returncode == 2, (args, done.stderr)
         assert words in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_imagenet_weights_offline_are_a_clear_error(small: Path, tmp_path: Path) -> None:
+    # An empty TORCH_HOME and no network (UIAA tests never download): the download fails at once.
+    env = {"TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY":
+           "http://127.0.0.1:9"}
+    args = [a for a in FAST if a not in ("--weights", "none")]
+    done = run_uiaa("train", small, *args, "--epochs", "1", "--out", tmp_path / "never", env=env, timeout=120)
+    stderr = done.stderr.decode(errors="replace")
+    assert done.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    message = stderr.strip().splitlines()[-1]
+    assert message.startswith("uiaa train: error: cannot load the ImageNet weights of resnet18"), stderr
+    assert "--weights none" in message and "--weights PATH" in message and "resnet18-" in message, message
+    assert not (tmp_path / "never").exists()
+
+
+def test_imagenet_download_cannot_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import urllib.error
+
+    import torchvision
+
+    seen = []
+
+    def stalled(**kwargs: object) -> None:  # what a firewall that drops packets looks like, at once
+        seen.append(socket.getdefaulttimeout())
+        raise urllib.error.URLError(TimeoutError("timed out"))
+
+    monkeypatch.setattr(torchvision.models, "resnet18", stalled)
+    with pytest.raises(UiaaError, match=r"cannot load the ImageNet weights of resnet18 \(URLError.*--weights none"):
+        build_model("resnet18", 2, "imagenet")
+    assert seen and seen[0] is not None and seen[0] <= 60  # the download had a timeout
+    assert socket.getdefaulttimeout() is None  # and it was put back
+
+
+def test_weights_of_another_architecture_or_corrupted(tmp_path: Path) -> None:
+    state = build_model("resnet18", 10, "none").state_dict()
+    state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)  # as in a bottleneck ResNet
+    other = tmp_path / "other.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "config": {"arch": "resnet50"}, "model": state}, other)
+    with pytest.raises(UiaaError, match=r"does not fit resnet18 \(a resnet50 checkpoint\): 1 weights of another "
+                                        r"shape.*layer1\.0\.conv1\.weight"):
+        build_model("resnet18", 10, str(other))
+    with pytest.raises(UiaaError, match="corrupted uiaa checkpoint"):
+        load_checkpoint(other)  # its config lacks targets and size
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, build_model("resnet18", 2, "none"), {"arch": "resnet18", "targets": ["p_low", "p_high"],
+                                                                "size": 32})
+    assert len(load_checkpoint(good)[1]["targets"]) == 2
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100_000])
+    for load in (load_checkpoint, lambda p: build_model("resnet18", 2, str(p))):
+        with pytest.raises(UiaaError, match="truncated.pt: not a readable checkpoint.*corrupted") as e:
+            load(truncated)
+        assert "\n" not in str(e.value)
+
+
+def test_no_readable_image_is_an_error_not_a_nan(small: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    done = train(small, *FAST, "--images", tmp_path / "empty", "--epochs", "1", "--out", tmp_path / "run")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "nan" not in done.stderr
+    assert "left out img/0000.png: no such image" in done.stderr or "left out img/0001.png" in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("uiaa train: error:") and "none of the 58 training images could be read" in last
+
+
+@pytest.mark.parametrize("command", ["cache", "train"])
+def test_help_has_examples(command: str) -> None:
+    done = run_uiaa(command, "--help", timeout=60)
+    text = done.stdout.decode()
+    assert done.returncode == 0 and "Examples:" in text and f"uiaa {command} " in text.split("Examples:")[1]
 
 
 def test_torchrun_two_processes_on_gloo(small: Path, tmp_path: Path) -> None:

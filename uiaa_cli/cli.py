@@ -303,7 +303,8 @@ def cache(
     size: Annotated[int, typer.Option(help="Side of the square the images are warped to (pixels).")] = 384,
     workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted build (OUT.partial) "
-                                                          "without redoing finished images.")] = False,
+                                                          "without redoing finished images; a finished OUT of "
+                                                          "the same labels, images and size is kept.")] = False,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr "
                                                      "(default: when stderr is a terminal).")] = None,
     quiet: Quiet = False,
@@ -315,6 +316,11 @@ def cache(
 
         report = build_cache(labels_file, images, output, size=size, workers=workers, resume=resume,
                              progress=False if quiet else progress)
+        if report.complete_already:
+            say(f"uiaa cache: {output} is already complete ({report.stored:,} of {report.total:,} images, the same "
+                f"labels, images and size); nothing to do"
+                + (f"; {len(report.skipped):,} were skipped" if report.skipped else ""))
+            raise typer.Exit(1 if report.skipped else 0)
         rate = report.decoded / report.seconds if report.seconds > 0 else 0.0
         message = (f"uiaa cache: {report.stored:,} of {report.total:,} images -> {output} ({size} px); "
                    f"{report.decoded:,} processed in {report.seconds:.1f} s ({rate:,.0f} images/s, "
@@ -391,7 +397,7 @@ def train(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Fine-tune a ResNet/VGG on a labels table or cache with one loss (SPEC §1)."""
+    """Fine-tune a ResNet/VGG on a labels table or a cache, with one loss for every kind of target."""
     with handled("train", quiet, debug):
         from uiaa_cli.training import Interrupted, TrainSettings, parse_lr
         from uiaa_cli.training import train as run_training

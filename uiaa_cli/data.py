@@ -76,7 +76,11 @@ class Source:
 
     table: Table
     size: int
-    bad: int = 0  # images that could not be decoded so far
+    bad: int = 0  # images that could not be decoded so far (each time one was tried)
+
+    def take_failures(self) -> list[tuple[str, str]]:
+        """(image, reason) of the images that failed to decode since the last call, each once."""
+        return []
 
     def batches(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[Tensor, np.ndarray]]:
         raise NotImplementedError
@@ -127,15 +131,17 @@ class DecodedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, bool]:
+    def __getitem__(self, i: int) -> tuple[Tensor, str]:
+        """The pixels and "" , or zeros and the reason the image could not be used."""
         from uiaa_cli.errors import UiaaError
         from uiaa_cli.images import ImageError, decode_image, resolve_image
 
         try:
             pixels = decode_image(resolve_image(self.root, str(self.names[i])), self.size)
-        except (ImageError, UiaaError, OSError):
-            return torch.zeros((self.size, self.size, 3), dtype=torch.uint8), False
-        return torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy()), True
+        except (ImageError, UiaaError, OSError) as e:
+            reason = e.message if isinstance(e, UiaaError) else str(e)
+            return torch.zeros((self.size, self.size, 3), dtype=torch.uint8), reason or type(e).__name__
+        return torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy()), ""
 
 
 class TableSource(Source):
@@ -144,6 +150,13 @@ class TableSource(Source):
     def __init__(self, table: Table, root: Path, size: int, workers: int, pin_memory: bool = False) -> None:
         self.table, self.size, self.workers, self.pin_memory = table, size, workers, pin_memory
         self.dataset = DecodedImages(root, table["image"], size)
+        self.failed: dict[int, str] = {}  # row -> reason
+        self.reported: set[int] = set()
+
+    def take_failures(self) -> list[tuple[str, str]]:
+        new = [row for row in self.failed if row not in self.reported]
+        self.reported.update(new)
+        return [(str(self.table["image"][row]), self.failed[row]) for row in new]
 
     def batches(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[Tensor, np.ndarray]]:
         batches = list(batches)
@@ -154,10 +167,12 @@ class TableSource(Source):
             # or a resumed run would diverge.
             generator=torch.Generator().manual_seed(0),
         )
-        for rows, (pixels, ok) in zip(batches, loader, strict=True):
-            ok = ok.numpy()
+        for rows, (pixels, reasons) in zip(batches, loader, strict=True):
+            ok = np.array([not r for r in reasons], dtype=bool)
             if not ok.all():
                 self.bad += int((~ok).sum())
+                for row, reason in zip(rows[~ok], np.asarray(reasons, dtype=object)[~ok]):
+                    self.failed[int(row)] = str(reason)
                 pixels, rows = pixels[torch.from_numpy(ok)], rows[ok]
             yield pixels, rows
 

@@ -31,6 +31,7 @@ whenever the output is at most half the photo (224 px from 640x480: predict's us
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -258,7 +259,8 @@ def resolve_image(root: str | os.PathLike, name: str) -> Path:
     if normal == os.pardir or normal.startswith(os.pardir + os.sep):
         raise ImageError("path escapes the image root", where=name)
     real_root = os.path.realpath(root)
-    candidates = [name] + [name + ext for ext in BARE_ID_EXTENSIONS]
+    has_extension = os.path.splitext(name)[1].lower() in readable_extensions()
+    candidates = [name] + ([] if has_extension else [name + ext for ext in BARE_ID_EXTENSIONS])
     for candidate in candidates:
         path = os.path.join(real_root, candidate)
         if not os.path.lexists(path):
@@ -271,15 +273,16 @@ def resolve_image(root: str | os.PathLike, name: str) -> Path:
         if not os.path.isfile(real):
             raise ImageError("not a regular file", where=name)
         return Path(real)
-    tried = ", ".join(candidates[1:])
-    raise ImageError(f"no such image under {root} (also tried {tried})", where=name)
+    tried = f" (also tried {', '.join(candidates[1:])})" if len(candidates) > 1 else ""
+    raise ImageError(f"no such image under {root}{tried}", where=name)
 
 
-def readable_extensions() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def readable_extensions() -> frozenset[str]:
     """Lower-case extensions (with the dot) of every format Pillow can decode here."""
     Image.init()
-    return {ext for ext, fmt in Image.registered_extensions().items()
-            if fmt in Image.OPEN and fmt not in _NOT_DECODABLE}
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN and fmt not in _NOT_DECODABLE)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

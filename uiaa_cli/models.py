@@ -12,6 +12,7 @@ target columns, activation (softmax or linear), loss, metrics, uiaa version.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from uiaa_cli.errors import UiaaError, at
 
 CHECKPOINT_FORMAT = "uiaa-checkpoint"
 CHECKPOINT_VERSION = 1
+DOWNLOAD_TIMEOUT_S = 30  # seconds without data before a download of ImageNet weights gives up
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vgg16_bn",
@@ -65,30 +67,47 @@ def build_model(arch: str, outputs: int, weights: str = "imagenet") -> nn.Module
     builder = getattr(torchvision.models, arch)
     if weights == "imagenet":
         enum = torchvision.models.get_model_weights(arch).DEFAULT
+        previous = socket.getdefaulttimeout()
+        # torch.hub's download has no timeout: behind a firewall that drops packets it would hang.
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         try:
             model = builder(weights=enum)
         except Exception as e:  # urllib/ssl/OSError/RuntimeError, depending on how the download failed
             cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
+            reason = (str(e).strip().splitlines() or [""])[0][:120]
             raise UiaaError(
-                f"cannot load the ImageNet weights of {arch} ({type(e).__name__}: {str(e)[:120]}). Offline? "
+                f"cannot load the ImageNet weights of {arch} ({type(e).__name__}: {reason}). Offline? "
                 f"Put {Path(enum.url).name} in {cache_dir}, pass --weights PATH to a local file, "
                 "or train from scratch with --weights none"
             ) from None
+        finally:
+            socket.setdefaulttimeout(previous)
         return replace_head(model, arch, outputs)
     model = builder(weights=None)
     if weights == "none":
         return replace_head(model, arch, outputs)
     state = load_state(weights)
+    if not isinstance(state, dict):
+        raise UiaaError("not a weights file (expected a state dict or a uiaa checkpoint)", where=at(str(weights)))
+    theirs = ""
     if "config" in state and "model" in state:  # a uiaa checkpoint: start from its backbone
+        config = state["config"]
+        if isinstance(config, dict) and config.get("arch"):
+            theirs = f" (a {config['arch']} checkpoint)"
         state = state["model"]
     replace_head(model, arch, outputs)
     head = set(head_parameters(model, arch))
     state = {k: v for k, v in state.items() if k not in head}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if m not in head]
-    if missing or unexpected:
-        raise UiaaError(f"{weights} does not fit {arch}: {len(missing)} missing and {len(unexpected)} "
-                        f"unexpected weights (e.g. {(missing or unexpected)[0]})")
+    own = model.state_dict()
+    # load_state_dict(strict=False) still raises on a shape mismatch: check shapes first.
+    wrong = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
+    missing = [k for k in own if k not in state and k not in head]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected or wrong:
+        example = (wrong or missing or unexpected)[0]
+        raise UiaaError(f"does not fit {arch}{theirs}: {len(wrong)} weights of another shape, {len(missing)} "
+                        f"missing and {len(unexpected)} unexpected (e.g. {example})", where=at(str(weights)))
+    model.load_state_dict(state, strict=False)
     return model
 
 
@@ -99,8 +118,9 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UiaaError(f"not a readable checkpoint or weights file ({type(e).__name__}: {str(e)[:100]})",
-                        where=at(str(path))) from None
+        reason = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:120]  # first sentence
+        raise UiaaError(f"not a readable checkpoint or weights file, truncated or corrupted? ({type(e).__name__}: "
+                        f"{reason})", where=at(str(path))) from None
 
 
 def make_config(*, arch: str, size: int, bins: list[float], kind: str, targets: list[str], loss: str,
@@ -128,7 +148,12 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any],
     payload = load_state(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UiaaError("not a uiaa checkpoint (train one with 'uiaa train')", where=at(str(path)))
-    config = payload["config"]
+    config = payload.get("config")
+    if not isinstance(config, dict) or not {"arch", "targets", "size"} <= set(config) or "model" not in payload:
+        raise UiaaError("corrupted uiaa checkpoint: its config or weights are missing", where=at(str(path)))
+    if config["arch"] not in ARCHS:
+        raise UiaaError(f"made for architecture {config['arch']!r}, unknown to this version of uiaa",
+                        where=at(str(path)))
     model = build_model(config["arch"], len(config["targets"]), "none")
     try:
         model.load_state_dict(payload["model"])

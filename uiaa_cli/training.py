@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from uiaa_cli import metrics
-from uiaa_cli.data import Normalise, Source, epoch_batches, flip_mask, open_source
+from uiaa_cli.data import CacheSource, Normalise, Source, epoch_batches, flip_mask, open_source
 from uiaa_cli.errors import UiaaError, at
 from uiaa_cli.labels import TWO_SET_KINDS, probability_columns, rsd_columns, table_bins, table_threshold
 from uiaa_cli.losses import LOSSES, activate, loss_function
@@ -98,6 +98,11 @@ def default_lr(kind: str, loss: str, arch: str) -> tuple[float, float]:
     if is_vgg(arch):
         start /= 10
     return start, start / 10
+
+
+def default_weight_decay(arch: str) -> float:
+    """5e-4 for VGG, 1e-4 for ResNet and the others (as torchvision's and the paper's recipes)."""
+    return 5e-4 if is_vgg(arch) else 1e-4
 
 
 def epoch_lr(start: float, end: float, epoch: int, epochs: int) -> float:
@@ -396,7 +401,7 @@ class Trainer:
         if len(self.train_rows) < 2:
             raise UiaaError("fewer than 2 training images", where=at(s.data))
         self.lr = s.lr or default_lr(self.kind, s.loss, s.arch)
-        self.weight_decay = s.weight_decay if s.weight_decay is not None else (5e-4 if is_vgg(s.arch) else 1e-4)
+        self.weight_decay = s.weight_decay if s.weight_decay is not None else default_weight_decay(s.arch)
 
         torch.manual_seed(s.seed)
         outputs = self.labels.targets.shape[1]
@@ -532,6 +537,9 @@ class Trainer:
         started, images = time.perf_counter(), 0
         rows_iter = self.source.batches(self.train_rows[b] for b in batches[first:])
         for step, (pixels, rows) in enumerate(rows_iter, start=first):
+            if not self.usable(rows):  # its images could not be read: BatchNorm cannot train on < 2
+                pos["step"] = step + 1
+                continue
             x = self.normalise(pixels, flip_mask(len(rows), s.seed, epoch, step, dist.rank))
             y = torch.from_numpy(self.labels.targets[rows]).to(self.device, non_blocking=True)
             with self.autocast():
@@ -563,9 +571,32 @@ class Trainer:
                 raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step + 1}: saved {path}; "
                                   f"continue with: uiaa train --resume {self.out}")
         pos["seconds"] += time.perf_counter() - started
-        if self.source.bad and dist.main:
-            reporter.line(f"uiaa train: {self.source.bad} image(s) could not be decoded and were left out")
-            self.source.bad = 0
+        self.report_failures(self.source, reporter)
+        if not pos["seen"]:
+            raise UiaaError(f"no training step was made: (almost) none of the {len(self.train_rows):,} training "
+                            "images could be read (see the lines above; is --images the right folder?)",
+                            where=at(str(s.data)))
+
+    def usable(self, rows: np.ndarray) -> bool:
+        """Whether a batch has the 2 images a training step needs (on every rank, under torchrun)."""
+        ok = len(rows) >= 2
+        if self.dist.on and not isinstance(self.source, CacheSource):  # a cache's images never fail
+            import torch.distributed as td
+
+            flag = torch.tensor(float(ok), device=self.device)
+            td.all_reduce(flag, op=td.ReduceOp.MIN)
+            ok = bool(flag.item())
+        return ok
+
+    def report_failures(self, source: Source, reporter: Reporter, of: str = "") -> None:
+        """One line per image that could not be read (the first time only): it is left out."""
+        failures = source.take_failures()
+        if not self.dist.main:
+            return
+        for name, reason in failures[:20]:
+            reporter.line(f"uiaa train: left out{of} {name}: {reason}")
+        if len(failures) > 20:
+            reporter.line(f"uiaa train: left out{of} {len(failures) - 20} more images that could not be read")
 
     def nan_stop(self, value: float, epoch: int, step: int, lr: float) -> None:
         last = self.out / "last.pt"
@@ -577,7 +608,7 @@ class Trainer:
         pos = self.position
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": epoch_lr(*self.lr, epoch, self.settings.epochs),
                                "train_loss": pos["loss_sum"] / max(pos["seen"], 1)}
-        row.update(self.validate())
+        row.update(self.validate(reporter))
         row.update(images_per_s=pos["seen"] / max(pos["seconds"], 1e-9), seconds=pos["seconds"])
         self.history.append(row)
         self.position = {"epoch": epoch + 1, "step": 0, "loss_sum": 0.0, "seen": 0, "seconds": 0.0}
@@ -609,6 +640,8 @@ class Trainer:
         size = self.settings.batch_size
         done, outs = [], []
         for pixels, read in source.batches(mine[i:i + size] for i in range(0, len(mine), size)):
+            if not len(read):
+                continue
             with self.autocast():
                 outs.append(self.model(self.normalise(pixels)).float().cpu().numpy())
             done.append(read)
@@ -626,11 +659,12 @@ class Trainer:
             done_a, outs_a = done_a[order], outs_a[order]
         return done_a, outs_a
 
-    def validate(self) -> dict[str, Any]:
+    def validate(self, reporter: Reporter) -> dict[str, Any]:
         result: dict[str, Any] = {"val_loss": None, **dict.fromkeys(metrics.METRICS)}
         if not len(self.val_rows):
             return result
         rows, outputs = self.outputs(self.val_source, self.val_rows)
+        self.report_failures(self.val_source, reporter, " of the validation images")
         if len(rows) < 2:
             return result
         lab = self.val_labels
@@ -664,7 +698,8 @@ def train(settings: TrainSettings) -> Path:
             s = trainer.settings
             reporter.line(f"uiaa train: {len(trainer.train_rows):,} training and {len(trainer.val_rows):,} "
                           f"validation images, {trainer.size} px, {s.arch} ({s.weights}), {trainer.kind} with "
-                          f"{s.loss}, lr {trainer.lr[0]:.2e} -> {trainer.lr[1]:.2e}, {s.epochs} epochs on "
+                          f"{s.loss}, lr {trainer.lr[0]:.2e} -> {trainer.lr[1]:.2e}, weight decay "
+                          f"{trainer.weight_decay:g}, batch {s.batch_size}, {s.epochs} epochs on "
                           f"{trainer.device}{f' x {dist.world} processes' if dist.on else ''} -> {trainer.out}")
         return trainer.run(reporter)
     finally:
