@@ -125,6 +125,18 @@ def test_evaluate_without_distribution_shows_not_applicable(uiaa, tmp_path):
     assert record["kl"] == "" and record["images"] == str(len(labels))
 
 
+def test_empty_std_of_a_two_set_model_is_not_applicable(uiaa, tmp_path):
+    labels = make_labels(tmp_path, np.random.default_rng(8))
+    (tmp_path / "preds.csv").write_text("image,score,std,p_low,p_high\n" + "".join(
+        f"{name},{5 + i % 4},nan,0.5,0.5\n" for i, name in enumerate(labels["image"])))
+    r = uiaa("evaluate", tmp_path / "preds.csv", tmp_path / "labels.csv", "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)["metrics"]
+    assert m["std_srcc"] is None and m["std_pcc"] is None and m["kl"] is None
+    assert m["srcc"] is not None
+    assert "2-set model" in r.stderr.decode()
+
+
 def test_evaluate_plot(uiaa, tmp_path):
     from PIL import Image
 

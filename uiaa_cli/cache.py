@@ -44,7 +44,7 @@ import numpy as np
 
 from uiaa_cli import images
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.tables import TABLE_GROUP, Table, read_table, write_h5_group
+from uiaa_cli.tables import TABLE_GROUP, Table, is_hdf5, read_table, write_h5_group
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet, what torchvision's pretrained weights expect
 STD = (0.229, 0.224, 0.225)
@@ -165,14 +165,9 @@ def build_cache(
         raise UiaaError(f"--workers must be at least 1, got {workers}")
     if str(labels_path) == "-":
         raise UiaaError("the labels must be a file (its folder is the default image root)")
-    labels = read_table(labels_path)
-    if "image" not in labels:
-        raise UiaaError("no 'image' column: not a uiaa labels table", where=at(str(labels_path)))
+    labels, root = images.image_table(str(labels_path), images_root)
     if not len(labels):
         raise UiaaError("no images: the labels table is empty", where=at(str(labels_path)))
-    root = Path(images_root) if images_root is not None else Path(labels_path).resolve().parent
-    if not root.is_dir():
-        raise UiaaError("no such folder of images", where=at(str(root)))
     out = Path(out_path)
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise UiaaError("the cache is an HDF5 file: give it a .h5 name", where=at(str(out)))
@@ -522,6 +517,19 @@ def _allocated(f: Any, name: str, shape: tuple[int, ...], dtype: Any, chunks: tu
 
 
 # ---------------------------------------------------------------------------------- reading
+
+
+def is_cache(path: str | os.PathLike) -> bool:
+    """True for a uiaa cache (an HDF5 file with stored pixels), False for anything else."""
+    import h5py
+
+    if not is_hdf5(path):
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return "images" in f
+    except OSError:
+        return False
 
 
 class CacheReader:

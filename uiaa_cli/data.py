@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from uiaa_cli.tables import Table, is_hdf5
+from uiaa_cli.cache import is_cache
+from uiaa_cli.images import image_table
+from uiaa_cli.tables import Table
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, *, shuffle: bool = True, rank: int = 0,
@@ -182,32 +184,15 @@ def open_source(path: str, *, images: str | None, size: int | None, workers: int
     """A cache (HDF5 with an ``images`` dataset) or a labels table decoded from ``images``."""
     from uiaa_cli.errors import UiaaError, at
 
-    if is_hdf5(path) and has_pixels(path):
+    if is_cache(path):
         source = CacheSource(path, pin_memory)
         if size is not None and size != source.size:
             source.close()
             raise UiaaError(f"the cache holds {source.size} px images, not --size {size}: omit --size or "
                             f"rebuild the cache with 'uiaa cache --size {size}'", where=at(path))
         return source
-    from uiaa_cli.tables import read_table
-
-    table = read_table(path)
-    if "image" not in table:
-        raise UiaaError("no 'image' column: not a labels table", where=at(path))
-    root = Path(images) if images else Path(path).resolve().parent
-    if not root.is_dir():
-        raise UiaaError("no such folder of images (give it with --images)", where=at(str(root)))
+    table, root = image_table(path, images)
     return TableSource(table, root, size or 384, workers, pin_memory)
-
-
-def has_pixels(path: str) -> bool:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return "images" in f
-    except OSError:
-        return False
 
 
 def prefetch(items: Iterator, depth: int = 3) -> Iterator:

@@ -70,7 +70,10 @@ def evaluate_tables(predictions: Table, labels: Table, threshold: float | None =
                                 f"({wanted[0]}..{wanted[-1]}); the predictions have {', '.join(p_names)}")
     elif not len(bins):
         result.notes.append("the labels table has no vote distribution: KL and EMD not applicable")
-    if std is None:
+    if std is not None and not np.any(np.isfinite(std)):
+        std = None  # a 2-set model predicts no distribution, so no std
+        result.notes.append("the predictions' std column is empty (a 2-set model): std SRCC/PCC not applicable")
+    elif std is None:
         result.notes.append("the predictions have no std column: std SRCC/PCC not applicable")
     result.metrics = metrics.evaluate(score, lab.matrix(["mean"])[:, 0], t, std=std, true_std=true_std,
                                       probs=probs, rsd=rsd)

@@ -243,6 +243,20 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
 # ---------------------------------------------------------------------------------- finding
 
 
+def image_table(path: str, images: str | os.PathLike | None) -> tuple[Any, Path]:
+    """A labels table naming images, and the folder they are found in (default: the table's folder)."""
+    from uiaa_cli.errors import at
+    from uiaa_cli.tables import read_table
+
+    table = read_table(path)
+    if "image" not in table:
+        raise UiaaError("no 'image' column: not a uiaa labels table", where=at(str(path)))
+    root = Path(images) if images is not None else Path(path).resolve().parent
+    if not root.is_dir():
+        raise UiaaError("no such folder of images (give it with --images)", where=at(str(root)))
+    return table, root
+
+
 def resolve_image(root: str | os.PathLike, name: str) -> Path:
     """The file that ``name`` (a value of the labels' image column) names under ``root``.
 

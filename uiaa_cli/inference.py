@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from uiaa_cli.cache import is_cache
 from uiaa_cli.errors import UiaaError, at
+from uiaa_cli.images import image_table
 from uiaa_cli.metrics import predicted_score
-from uiaa_cli.tables import Table, is_hdf5, read_table, write_table
+from uiaa_cli.tables import Table, write_table
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".h5", ".hdf5")
 NO_MODEL = ("no model: give --model FILE, set UIAA_MODEL, or train one with "
@@ -194,7 +196,7 @@ def collect_inputs(inputs: list[str], size: int, images: str | None = None) -> I
 
 def add_table(found: Inputs, path: str, size: int, images: str | None) -> None:
     """A cache adds its stored pixels; a labels table adds its images, to be found under ``images``."""
-    if is_hdf5(path) and has_pixels(path):
+    if is_cache(path):
         from uiaa_cli.cache import CacheReader
 
         with CacheReader(path) as reader:
@@ -204,25 +206,8 @@ def add_table(found: Inputs, path: str, size: int, images: str | None) -> None:
                                 f"'uiaa cache --size {size}'", where=at(path))
             found.add("cache", path, reader.table["image"].astype(str).tolist())
         return
-    table = read_table(path)
-    if "image" not in table:
-        raise UiaaError("no 'image' column: not a labels table (or give images and folders directly)",
-                        where=at(path))
-    root = Path(images) if images else Path(path).resolve().parent
-    if not root.is_dir():
-        raise UiaaError("no such folder of images (give it with --images)", where=at(str(root)))
+    table, root = image_table(path, images)
     found.add("table", str(root), table["image"].astype(str).tolist())
-
-
-def has_pixels(path: str) -> bool:
-    """True for a uiaa cache (an HDF5 file with stored pixels), False for an HDF5 labels table."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return "images" in f
-    except OSError:
-        return False
 
 
 class InputImages(torch.utils.data.Dataset):
