@@ -183,9 +183,10 @@ def test_quiet_and_broken_pipe(uiaa, shared_data):
 
     r = uiaa("labels", shared_data / "AVA_sample.txt", "-q")
     assert r.returncode == 0 and r.stderr == b""
-    p = subprocess.run(f"{sys.executable} -m uiaa_cli labels {shared_data / 'AVA_sample.txt'} | head -2",
-                       shell=True, capture_output=True)
-    assert p.stderr == b"" and p.stdout.count(b"\n") == 2
+    p = subprocess.run(["bash", "-c", f"{sys.executable} -m uiaa_cli labels {shared_data / 'AVA_sample.txt'} "
+                        "| head -2; echo status ${PIPESTATUS[0]}"], capture_output=True)
+    assert p.stderr == b"" and p.stdout.count(b"\n") == 3
+    assert p.stdout.endswith(b"status 0\n")
 
 
 def test_labels_evaluate_convert_run_without_torch(uiaa, no_torch, tmp_path):

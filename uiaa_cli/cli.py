@@ -53,6 +53,15 @@ def handled(command: str, quiet: bool = False, debug: bool = False) -> Iterator[
             raise
         print(f"uiaa {command}: error: {e}", file=sys.stderr, flush=True)
         raise typer.Exit(e.status) from None
+    except BrokenPipeError:
+        quiet_closed_stdout()
+        raise typer.Exit(0) from None
+
+
+def quiet_closed_stdout() -> None:
+    """The reader (``| head``) has gone: point stdout at /dev/null so Python's exit stays silent."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def version_callback(value: bool) -> None:
@@ -480,9 +489,7 @@ def main() -> None:
     try:
         app()
     except BrokenPipeError:
-        # The reader (| head) has gone: stop quietly, and keep Python from complaining at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        quiet_closed_stdout()
         sys.exit(0)
     except KeyboardInterrupt:
         print("uiaa: interrupted", file=sys.stderr)
