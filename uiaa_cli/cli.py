@@ -88,6 +88,8 @@ def root(
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No messages on stderr, only errors.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")]
+Progress = Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr "
+                                                  "(default: when stderr is a terminal).")]
 
 
 class Kind(str, Enum):
@@ -314,8 +316,7 @@ def cache(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted build (OUT.partial) "
                                                           "without redoing finished images; a finished OUT of "
                                                           "the same labels, images and size is kept.")] = False,
-    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr "
-                                                     "(default: when stderr is a terminal).")] = None,
+    progress: Progress = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -401,8 +402,7 @@ def train(
     out: Annotated[Optional[str], typer.Option(help="Run folder (default runs/<arch>-<kind>-<loss>-<time>).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this folder with its own settings "
                                                        "(only data paths, --device, --workers apply).")] = None,
-    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr "
-                                                     "(default: when it is a terminal).")] = None,
+    progress: Progress = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
