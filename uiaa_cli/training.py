@@ -41,7 +41,14 @@ from torch import nn
 from uiaa_cli import metrics
 from uiaa_cli.data import CacheSource, Normalise, Source, epoch_batches, flip_mask, open_source
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.labels import TWO_SET_KINDS, probability_columns, rsd_columns, table_bins, table_threshold
+from uiaa_cli.labels import (
+    TWO_SET_KINDS,
+    probability_columns,
+    rsd_columns,
+    table_bins,
+    table_kind,
+    table_threshold,
+)
 from uiaa_cli.losses import LOSSES, activate, loss_function
 from uiaa_cli.models import (
     ARCHS,
@@ -391,7 +398,7 @@ class Trainer:
         self.source = open_source(s.data, images=s.images, size=s.size, workers=workers, pin_memory=self.cuda)
         self.labels = labels_of(self.source.table, s.data)
         self.bins = table_bins(self.source.table)
-        self.kind = str(self.source.table.attrs.get("kind", "soft" if self.labels.targets.shape[1] == 2 else "rsd"))
+        self.kind = table_kind(self.source.table)
         self.target_names = probability_columns(self.source.table)
         self.size = self.source.size
         if s.val:
