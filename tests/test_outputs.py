@@ -243,16 +243,15 @@ def test_a_second_train_on_the_same_out_is_refused(tmp_path: Path, labels_csv: P
     labels = read_table(labels_csv)
     for name in labels["image"]:
         Image.new("RGB", (16, 16), (int(name) % 256, 0, 0)).save(tmp_path / f"{name}.png")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "uiaa_cli", "train", str(labels_csv), "--out", str(tmp_path / "run"), "--arch",
-         "resnet18", "--weights", "none", "--size", "16", "--device", "cpu", "--workers", "0", "--epochs", "500",
-         "--batch-size", "8"], stderr=subprocess.PIPE, text=True)
+    args = [str(labels_csv), "--out", str(tmp_path / "run"), "--arch", "resnet18", "--weights", "none", "--size",
+            "16", "--device", "cpu", "--workers", "0", "--epochs", "500", "--batch-size", "8"]
+    first = subprocess.Popen([sys.executable, "-m", "uiaa_cli", "train", *args], stderr=subprocess.PIPE, text=True)
     try:
         assert first.stderr is not None
         for line in first.stderr:  # the first run has started training
             if "training and" in line:
                 break
-        second = run("train", labels_csv, "--out", tmp_path / "run", "--weights", "none", "--arch", "resnet18")
+        second = run("train", *args)  # refused before it loads the data
         one_error(second, "train", f"another uiaa run (pid {first.pid}) is writing")
     finally:
         first.kill()

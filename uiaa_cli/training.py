@@ -375,8 +375,15 @@ class Trainer:
     """One training run: data, model, optimiser, and the loop with its checkpoints."""
 
     def __init__(self, settings: TrainSettings, dist: Dist) -> None:
-        self.dist = dist
         self._lock: Any = None
+        try:
+            self.setup(settings, dist)
+        except BaseException:
+            self.close_lock()
+            raise
+
+    def setup(self, settings: TrainSettings, dist: Dist) -> None:
+        self.dist = dist
         saved = None
         if settings.resume:
             saved = self.load_resume(Path(settings.resume))
@@ -384,6 +391,7 @@ class Trainer:
         self.settings = s = settings
         if s.out and dist.main:  # before any work: a run that cannot be saved is not started
             check_output_folder(s.out, what="run folder", create=False)
+            self.lock_output(Path(s.out))
         if s.loss not in LOSSES:
             raise UiaaError(f"unknown loss {s.loss!r}; choose one of {', '.join(LOSSES)}")
         if s.arch not in ARCHS:
@@ -491,9 +499,7 @@ class Trainer:
         out = out or default_out(s.arch, self.kind, s.loss)
         if self.dist.main:
             check_output_folder(out, what="run folder")
-            lock = output_lock(out)  # released in close(): one run at a time writes a folder
-            lock.__enter__()
-            self._lock = lock
+            self.lock_output(out)
         if not resuming and (out / "last.pt").exists():
             self.close_lock()
             raise UiaaError(f"already holds a run: continue it with --resume {out}, or choose another --out",
@@ -703,6 +709,18 @@ class Trainer:
         if self.val_source is not self.source:
             self.val_source.close()
         self.close_lock()
+
+    def lock_output(self, out: Path) -> None:
+        """One run at a time writes a folder (released in close)."""
+        if self._lock is not None:
+            return
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UiaaError(f"cannot create the run folder: {e.strerror or e}", where=at(str(out))) from None
+        lock = output_lock(out)
+        lock.__enter__()
+        self._lock = lock
 
     def close_lock(self) -> None:
         if self._lock is not None:
