@@ -169,7 +169,7 @@ def test_bad_hdf5_and_missing_files(uiaa, tmp_path):
 
 
 @pytest.mark.parametrize("kind, read_as", [("binary", "binary"), ("soft", "soft"), ("rsd", "rsd"),
-                                           ("gauss-nv", "gauss"), ("gauss-mv", "gauss")])
+                                           ("gauss-nv", "gauss-nv"), ("gauss-mv", "gauss-mv")])
 def test_kind_from_a_plain_csv_and_from_metadata(tmp_path, kind, read_as):
     from uiaa_cli.labels import LabelSettings, build_labels, table_bins, table_kind, table_threshold
 
