@@ -1,4 +1,4 @@
-"""Shared fixtures: the real ``uiaa`` command in a subprocess, and the real rating files."""
+"""Shared fixtures: the real ``uiaa`` command in a subprocess, and excerpts of real rating files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("UIAA_SHARED_DATA", REPO.parent / "shared" / "data"))
+TEST_DATA = REPO / "tests" / "data"  # real-data excerpts shipped with the tests (see its README)
 
 
 def run_uiaa(*args: str, input: bytes | None = None, cwd: Path | None = None, env: dict | None = None,
@@ -27,10 +27,9 @@ def uiaa():
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not (SHARED_DATA / "AVA_sample.txt").exists():
-        pytest.fail(f"the project's rating files are missing: {SHARED_DATA} (set UIAA_SHARED_DATA)")
-    return SHARED_DATA
+def test_data() -> Path:
+    """Excerpts of AVA.txt, AVA's test list and KonIQ-10k shipped in tests/data (no ../shared needed)."""
+    return TEST_DATA
 
 
 @pytest.fixture

@@ -161,10 +161,10 @@ def test_single_bin_votes_give_one_hot(m, n, data):
         np.testing.assert_array_equal(make_targets(counts, bins, LabelSettings(kind=kind)).targets[0], np.eye(m)[j])
 
 
-def test_reconstruction_error_is_small_on_ava(shared_data):
+def test_reconstruction_error_is_small_on_ava(test_data):
     from uiaa_cli.ratings import read_ratings
 
-    r = read_ratings(str(shared_data / "AVA_sample.txt"))
+    r = read_ratings(str(test_data / "AVA_excerpt.txt"))
     t = make_targets(r.counts, r.bins, LabelSettings())
     assert t.reconstruction_error < 1e-3
 

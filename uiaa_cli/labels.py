@@ -49,14 +49,81 @@ def default_threshold(bins: np.ndarray) -> float:
 
 
 def moments(counts: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Votes ``n``, RSD ``y``, mean ``mu`` and population variance ``var`` of each row."""
+    """Votes ``n``, RSD ``y``, mean ``mu`` and population variance ``var`` of each row.
+
+    The mean is ``sum(b c) / sum(c)`` and the variance ``(n sum(b^2 c) - sum(b c)^2) / n^2``, each one
+    division of exact sums, so both are the correctly rounded values: an image whose votes average
+    exactly 5 has mean 5.0, never 5.000000000000001 (which would make it *high* at threshold 5).
+    """
     counts = np.asarray(counts, dtype=np.float64)
     bins = np.asarray(bins, dtype=np.float64)
     n = counts.sum(axis=1)
-    rsd = counts / n[:, None]
-    mu = (rsd * bins).sum(axis=1)  # not BLAS: the same bits whatever the chunk of rows
-    var = np.einsum("nm,nm->n", rsd, (bins[None, :] - mu[:, None]) ** 2)
-    return n, rsd, mu, np.maximum(var, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # n = 0 rows are refused or dropped upstream
+        rsd = counts / n[:, None]
+    mu, var = exact_mean_var(counts, bins)
+    return n, rsd, mu, var
+
+
+def exact_mean_var(counts: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population variance of each row of ``counts`` over ``bins``, correctly rounded.
+
+    Every finite float is ``k / 2^e``: counts and bins are scaled by powers of two to integers, the
+    sums are taken in int64 when they provably fit (the usual case: whole counts, whole bins), else
+    in Python integers, and each result is one division of two exact integers.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    bins = np.asarray(bins, dtype=np.float64)
+    if not counts.size:
+        return np.zeros(len(counts)), np.zeros(len(counts))
+    kc, kb = _dyadic_exponent(counts), _dyadic_exponent(bins)
+    c, b = np.ldexp(counts, kc), np.ldexp(bins, kb)  # exact: a power-of-two scaling
+    n_max = float(np.abs(c).sum(axis=1).max())
+    b_max = max(float(np.abs(b).max()), 1.0)
+    # |n Q| and S^2 are at most (n_max b_max)^2: below 2^62 the int64 sums cannot overflow
+    if kc <= 60 and kb <= 60 and n_max * b_max < 2.0**31 and n_max < 2.0**62:
+        ci, bi = c.astype(np.int64), b.astype(np.int64)
+        n = ci.sum(axis=1)
+        s = ci @ bi
+        q = ci @ (bi * bi)
+        num = n * q - s * s
+        den = n * n
+        if n_max * b_max < 2.0**26:  # every integer below 2^53: float division is correctly rounded
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mean, var = s / n, num / den
+        else:  # Python's int / int is correctly rounded at any size
+            mean, var = _divide(s.astype(object), n.astype(object)), _divide(num.astype(object),
+                                                                               den.astype(object))
+    else:
+        ci = np.array([[int(x) for x in row] for row in c.tolist()], dtype=object)
+        bi = np.array([int(x) for x in b.tolist()], dtype=object)
+        n = ci.sum(axis=1)
+        s = ci.dot(bi)
+        q = ci.dot(bi * bi)
+        mean, var = _divide(s, n), _divide(n * q - s * s, n * n)
+    return np.ldexp(mean, -kb), np.maximum(np.ldexp(var, -2 * kb), 0.0)
+
+
+def _dyadic_exponent(values: np.ndarray) -> int:
+    """The least ``k`` for which every ``values * 2^k`` is a whole number (0 for whole numbers)."""
+    finite = values[np.isfinite(values)]
+    if not np.all(finite == np.round(finite)):
+        mantissa, exponent = np.frexp(finite)
+        nonzero = mantissa != 0
+        # mantissa * 2^53 is a whole number, so values * 2^(53 - exponent) are too; trim trailing zeros
+        whole = (mantissa[nonzero] * 2.0**53).astype(np.int64)
+        trailing = _trailing_zeros(whole)
+        return int(max(0, np.max(53 - exponent[nonzero] - trailing)))
+    return 0
+
+
+def _trailing_zeros(x: np.ndarray) -> np.ndarray:
+    low = (x & -x).astype(np.float64)  # the lowest set bit, a power of two
+    return np.frexp(low)[1].astype(np.int64) - 1
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Correctly rounded ``num / den`` of arrays of Python integers (NaN where ``den`` is 0)."""
+    return np.array([a / b if b else float("nan") for a, b in zip(num.tolist(), den.tolist())], dtype=np.float64)
 
 
 def discretised_gaussian(mu: np.ndarray, var: np.ndarray, bins: np.ndarray, divisor: str = "2var") -> np.ndarray:
