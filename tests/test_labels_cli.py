@@ -199,3 +199,29 @@ def test_labels_evaluate_convert_run_without_torch(uiaa, no_torch, tmp_path):
     r = uiaa("evaluate", preds, tmp_path / "l.h5", env=no_torch)
     assert r.returncode == 0, r.stderr
     assert b"SRCC" in r.stdout
+
+
+def test_exact_means_decide_binary_labels_and_accuracy(uiaa, test_data, tmp_path):
+    """Real AVA lines whose votes average exactly 5 are low in 'labels --kind binary', and 'evaluate'
+    scores a perfect predictor (score = the exact mean, correctly rounded) at accuracy 1."""
+    from fractions import Fraction
+
+    ids, means = [], []
+    for line in (test_data / "AVA_excerpt.txt").read_text().splitlines():
+        c = [int(x) for x in line.split()[2:12]]
+        ids.append(line.split()[1])
+        means.append(Fraction(sum(b * n for b, n in zip(range(1, 11), c)), sum(c)))
+    r = uiaa("labels", test_data / "AVA_excerpt.txt", "--kind", "binary", "-o", tmp_path / "l.csv")
+    assert r.returncode == 0, r.stderr
+    t = read_table(tmp_path / "l.csv")
+    assert t["image"].tolist() == ids
+    assert t["mean"].tolist() == [float(m) for m in means]  # written and read back correctly rounded
+    fives = np.array([m == 5 for m in means])
+    assert fives.sum() == 50 and not t["p_high"][fives].any()
+    pd.DataFrame({"image": ids, "score": [float(m) for m in means]}).to_csv(tmp_path / "p.csv", index=False)
+    e = uiaa("evaluate", tmp_path / "p.csv", tmp_path / "l.csv", "--json")
+    assert e.returncode == 0, e.stderr
+    assert json.loads(e.stdout)["metrics"]["accuracy"] == 1.0
+    d = uiaa("labels", test_data / "AVA_excerpt.txt", "--kind", "binary", "--delta", "1", "-o", tmp_path / "d.csv")
+    kept = set(read_table(tmp_path / "d.csv")["image"].tolist())
+    assert d.returncode == 0 and not kept & {i for i, m in zip(ids, means) if m == 6}
