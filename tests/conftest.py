@@ -34,9 +34,20 @@ def test_data() -> Path:
 
 @pytest.fixture
 def no_torch(tmp_path: Path) -> dict:
-    """An environment in which ``import torch`` fails, as on a machine without torch."""
+    """An environment in which ``import torch`` fails, as on a machine without torch. Every attempt,
+    in any process, leaves a line in ``tmp_path / "torch_imported"`` (see the ``torch_attempts`` fixture)."""
     fake = tmp_path / "no_torch"
+    marker = tmp_path / "torch_imported"
     for name in ("torch", "torchvision"):
         (fake / name).mkdir(parents=True)
-        (fake / name / "__init__.py").write_text(f"raise ImportError('{name} is absent in this test')\n")
+        (fake / name / "__init__.py").write_text(
+            f"import os\nwith open({str(marker)!r}, 'a') as f:\n    f.write(str(os.getpid()) + '\\n')\n"
+            f"raise ImportError('{name} is absent in this test')\n")
     return {"PYTHONPATH": os.pathsep.join([str(fake), str(REPO)])}
+
+
+@pytest.fixture
+def torch_attempts(tmp_path: Path):
+    """How many times processes under the ``no_torch`` environment have tried to import torch."""
+    marker = tmp_path / "torch_imported"
+    return lambda: len(marker.read_text().splitlines()) if marker.exists() else 0

@@ -464,3 +464,18 @@ def test_reader_refuses_other_files(tmp_path):
         f.create_dataset("images", data=np.zeros((1, 4, 4, 3), np.uint8))
     with pytest.raises(UiaaError, match="not a finished uiaa cache"):
         CacheReader(tmp_path / "t.h5")
+
+
+def test_cache_never_imports_torch(tmp_path, no_torch, torch_attempts):
+    """SPEC §2: cache starts light. No process of the build (main or workers) even tries torch."""
+    names = make_images(tmp_path / "img", 5)
+    labels = write_labels(tmp_path / "img" / "labels.csv", names)
+    run = run_command("cache", str(labels), "-o", str(tmp_path / "c.h5"), "--size", str(SIZE), "--workers", "2",
+                      env={**no_torch, "UIAA_RESIZE": ""})
+    assert run.returncode == 0, run.stderr
+    assert torch_attempts() == 0
+    with CacheReader(tmp_path / "c.h5") as cache:
+        assert len(cache) == 5
+    # and the fake torch does record attempts (the check above can fail)
+    subprocess.run([sys.executable, "-c", "import torch"], env={**os.environ, **no_torch}, capture_output=True)
+    assert torch_attempts() == 1
