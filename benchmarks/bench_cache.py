@@ -239,10 +239,38 @@ def photo(width: int, height: int, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def resize_table(repeat: int) -> list[tuple[str, int, float, float, float]]:
-    """(photo, size, decode ms, Pillow resize ms, torch resize ms) from 0.5 to 24 MP, one thread."""
+def resize_timings(data: bytes, size: int, repeat: int) -> dict[str, float]:
+    """Seconds per image to draft-decode ``data``, and to resize the result with Pillow and with torch."""
     import io
 
+    import torch
+
+    def decode() -> Image.Image:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft(None, (size, size))
+            return im.convert("RGB")
+
+    im = decode()
+    tensor = torch.from_numpy(np.array(im)).permute(2, 0, 1)[None]
+    runs = {
+        "decode": decode,
+        "pillow": lambda: np.array(im.resize((size, size), Image.Resampling.BILINEAR)),
+        "torch": lambda: torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear",
+                                                         antialias=True).numpy(),
+    }
+    k = max(1, 20 // repeat)
+    times = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeat):  # interleaved, fastest kept
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            for _ in range(k):
+                fn()
+            times[name] = min(times[name], (time.perf_counter() - start) / k)
+    return times
+
+
+def resize_table(repeat: int) -> list[tuple[str, int, float, float, float]]:
+    """(photo, size, decode ms, Pillow resize ms, torch resize ms) from 0.5 to 24 MP, one thread."""
     import torch
 
     torch.set_num_threads(1)
@@ -250,22 +278,8 @@ def resize_table(repeat: int) -> list[tuple[str, int, float, float, float]]:
     for width, height in ((800, 600), (1600, 1200), (4000, 3000), (6000, 4000)):
         data = photo(width, height)
         for size in (128, 384, 512):
-            def decode() -> Image.Image:
-                with Image.open(io.BytesIO(data)) as im:
-                    im.draft(None, (size, size))
-                    return im.convert("RGB")
-
-            im = decode()
-            pillow = lambda: np.array(im.resize((size, size), Image.Resampling.BILINEAR))  # noqa: E731
-            tensor = torch.from_numpy(np.array(im)).permute(2, 0, 1)[None]
-            kernel = lambda: torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear",  # noqa: E731
-                                                             antialias=True).numpy()
-            k = max(1, 20 // repeat)
-            times = {"decode": float("inf"), "pillow": float("inf"), "torch": float("inf")}
-            for _ in range(repeat):  # interleaved, fastest kept
-                for name, fn in (("decode", decode), ("pillow", pillow), ("torch", kernel)):
-                    times[name] = min(times[name], best_of(lambda: [fn() for _ in range(k)], 1) / k)
-            rows.append((f"{width}x{height}", size, times["decode"] * 1e3, times["pillow"] * 1e3, times["torch"] * 1e3))
+            t = resize_timings(data, size, repeat)
+            rows.append((f"{width}x{height}", size, t["decode"] * 1e3, t["pillow"] * 1e3, t["torch"] * 1e3))
     return rows
 
 
