@@ -226,6 +226,14 @@ def labels(
                                                    min_votes=min_votes, only=only_ids, exclude=exclude_ids)
                 writer.write(table)
                 report.merge(chunk_report)
+            for option, ids, why in (("--only", only_ids, "not in --only"), ("--exclude", exclude_ids, "in --exclude")):
+                matched = report.rows_in - report.left_out.get(why, 0) if option == "--only" else \
+                    report.left_out.get(why, 0)
+                if ids is not None and not matched:
+                    effect = "keep nothing" if option == "--only" else "leave nothing out"
+                    raise UiaaError(f"none of its {len(ids):,} ids (such as {str(ids[0])!r}) names an image of "
+                                    f"{ratings} (such as {str(source.images[0])!r}): {option} would {effect}",
+                                    where=only if option == "--only" else exclude)
         left = ", ".join(f"{n:,} {why}" for why, n in report.left_out.items())
         message = (f"uiaa labels: {report.rows_in:,} rows in ({source.source_format}, scale "
                    f"{source.bins[0]:g}..{source.bins[-1]:g}), {report.rows_out:,} out, "
@@ -263,6 +271,7 @@ def evaluate(
     """Score predictions against the votes: accuracy, SRCC, PCC, MSE, MAE, KL, EMD, std SRCC/PCC."""
     with handled("evaluate", quiet, debug):
         from uiaa_cli import evaluation
+        from uiaa_cli.labels import check_label_values
         from uiaa_cli.tables import read_table
 
         if as_json and as_csv:
@@ -270,6 +279,7 @@ def evaluate(
         if predictions == "-" and labels_file == "-":
             raise UiaaError("only one of the two tables can come from stdin")
         preds, labs = read_table(predictions), read_table(labels_file)
+        check_label_values(labs, labels_file)
         result = evaluation.evaluate_tables(preds, labs, threshold)
         text = (evaluation.as_json if as_json else evaluation.as_csv if as_csv else evaluation.as_text)(result)
         sys.stdout.write(text)

@@ -230,7 +230,11 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
 
 
 def image_table(path: str, images: str | os.PathLike | None) -> tuple[Any, Path]:
-    """A labels table naming images, and the folder they are found in (default: the table's folder)."""
+    """A labels table naming images, and the folder they are found in (default: the table's folder).
+
+    A folder where none of the images is found (a wrong or missing ``--images``) is one error here,
+    before any work, not one "no such image" line per image.
+    """
     from uiaa_cli.errors import at
     from uiaa_cli.tables import read_table
 
@@ -240,7 +244,26 @@ def image_table(path: str, images: str | os.PathLike | None) -> tuple[Any, Path]
     root = Path(images) if images is not None else Path(path).resolve().parent
     if not root.is_dir():
         raise UiaaError("no such folder of images (give it with --images)", where=at(str(root)))
+    names = table["image"].astype(str)
+    if len(names) and not any_resolves(root, names):
+        shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+        raise UiaaError(f"none of the {len(names):,} images named in {path} is in this folder ({shown}); "
+                        "give the folder of the images with --images", where=at(str(root)))
     return table, root
+
+
+def any_resolves(root: str | os.PathLike, names: np.ndarray, sample: int = 16) -> bool:
+    """Whether at least one of ``names`` is an image file under ``root``: a few names spread over the
+    table first (the usual answer, in microseconds), then, only if none of those is, every name."""
+    picks = np.unique(np.linspace(0, len(names) - 1, min(sample, len(names))).astype(int))
+    rest = np.setdiff1d(np.arange(len(names)), picks)
+    for i in np.concatenate((picks, rest)):
+        try:
+            resolve_image(root, names[i])
+            return True
+        except ImageError:
+            continue
+    return False
 
 
 def resolve_image(root: str | os.PathLike, name: str) -> Path:

@@ -198,20 +198,79 @@ def make_targets(counts: np.ndarray, bins: np.ndarray, settings: LabelSettings) 
                    left_out_margin=int((~keep).sum()), reconstruction_error=error)
 
 
-def read_id_list(path: str) -> np.ndarray:
-    """Image ids, one per line (e.g. AVA's ``generic_test.jpgl``); blank lines and ``#`` comments ignored."""
-    from uiaa_cli.tables import read_bytes
+ID_COLUMNS = ("image", "image_a", "image_b")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
-    text = read_bytes(path).decode(errors="replace")
-    ids = [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    return np.array(ids, dtype=str)
+
+def read_id_list(path: str) -> np.ndarray:
+    """The image ids of an ``--only``/``--exclude`` file, in any of these shapes:
+
+    - a plain list, one id per line (AVA's ``generic_test.jpgl``); blank lines and ``#`` comments are
+      ignored, as is anything after the first word; CRLF line ends and a byte-order mark are fine;
+    - a table (CSV/TSV) with an ``image`` column, such as a labels or predictions table;
+    - a table with ``image_a, image_b`` columns (``uiaa dedupe``'s pairs): the ids of both.
+    """
+    from uiaa_cli.errors import at
+    from uiaa_cli.tables import parse_delimited, read_bytes
+
+    data = read_bytes(path)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    text = data.decode(errors="replace")
+    first = next((line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")), "")
+    header = [h.strip().strip('"') for h in first.replace("\t", ",").split(",")]
+    if any(h in ID_COLUMNS for h in header) and (len(header) > 1 or header == ["image"]):
+        table = parse_delimited(data, path)
+        columns = [table[c].astype(str) for c in ID_COLUMNS if c in table]
+        ids = np.concatenate(columns) if columns else np.array([], dtype=str)
+    else:
+        lines = np.array(text.replace("\t", " ").splitlines() or [""], dtype=str)
+        lines = np.char.strip(lines)
+        lines = lines[(lines != "") & ~np.char.startswith(lines, "#")]
+        ids = np.char.partition(lines, " ")[:, 0] if len(lines) else lines
+    ids = ids[np.char.str_len(np.char.strip(ids)) > 0] if len(ids) else ids
+    if not len(ids):
+        raise UiaaError("no image ids in this list", where=at(path))
+    return ids
+
+
+def image_stems(names: np.ndarray) -> np.ndarray:
+    """Names without an image extension: ``953619`` for ``953619.jpg``; other names unchanged."""
+    parts = np.char.rpartition(names, ".")
+    is_image = np.isin(np.char.lower(np.char.add(".", parts[:, 2])), IMAGE_EXTENSIONS) & (parts[:, 1] == ".")
+    return np.where(is_image, parts[:, 0], names)
 
 
 def matches_ids(images: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Which images are in ``ids``, by their full name or their name without its extension."""
-    stems = np.char.rpartition(images, ".")
-    stems = np.where(stems[:, 1] == ".", stems[:, 0], images)
-    return np.isin(images, ids) | np.isin(stems, ids)
+    """Which images are in ``ids``: by the full name, or by the name without its image extension on
+    either side (a list of ``953619.jpg`` names matches bare AVA ids, and the other way round)."""
+    images, ids = np.asarray(images, dtype=str), np.asarray(ids, dtype=str)
+    return np.isin(images, ids) | np.isin(image_stems(images), image_stems(ids))
+
+
+def check_label_values(table: Table, path: str) -> None:
+    """Refuse a labels table whose numbers cannot be ground truth or targets (e.g. hand-edited):
+    ``mean``, ``std``, ``votes``, the RSD and ``p_*`` columns must be finite numbers, the
+    probabilities within [0, 1]. One line naming the file, the row and the image."""
+    from uiaa_cli.errors import at
+
+    names = [n for n in ("votes", "mean", "std") if n in table]
+    names += [n for n in rsd_columns(table) if n in table] + probability_columns(table)
+    for name in names:
+        values = table[name]
+        if not len(values):
+            continue
+        if values.dtype.kind not in "iufb":
+            raise UiaaError(f"column {name!r} is not numeric (a value such as {str(values[0])!r})", where=at(path))
+        values = values.astype(np.float64)
+        probability = name.startswith("p_") or name in rsd_columns(table)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(values) | ((values < -1e-12) | (values > 1 + 1e-9) if probability else False)
+        if bad.any():
+            i = int(np.argmax(bad))
+            image = f"image {table['image'][i]} " if "image" in table else ""
+            what = "a finite number in [0, 1]" if probability else "a finite number"
+            raise UiaaError(f"{image}(row {i + 1}): column {name!r} is {values[i]!r}, not {what}", where=at(path))
 
 
 @dataclass
