@@ -246,7 +246,7 @@ def image_table(path: str, images: str | os.PathLike | None) -> tuple[Any, Path]
         raise UiaaError("no such folder of images (give it with --images)", where=at(str(root)))
     names = table["image"].astype(str)
     if len(names) and not any_resolves(root, names):
-        shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+        shown = ", ".join(repr(str(n)) for n in names[:3]) + (", ..." if len(names) > 3 else "")
         raise UiaaError(f"none of the {len(names):,} images named in {path} is in this folder ({shown}); "
                         "give the folder of the images with --images", where=at(str(root)))
     return table, root

@@ -24,7 +24,7 @@ IMAGE_COLUMN_NAMES = ("image", "image_id", "image_name", "img", "id", "name", "f
 TOTAL_COLUMN_NAMES = ("c_total", "total", "votes", "n", "num_votes", "count")
 SCORE_COLUMN_NAMES = ("score", "rating", "vote")
 BOM = b"\xef\xbb\xbf"
-# Vote counts above 2^53 cannot all be told apart as float64 (and no data set has them): refused,
+# Vote counts from 2^53 up cannot all be told apart as float64 (and no data set has them): refused,
 # as are AVA fields of more than 18 digits, which would overflow int64.
 MAX_VOTES = 2.0**53
 MAX_DIGITS = 18
@@ -388,10 +388,10 @@ def check_ratings(r: Ratings, path: str, allow_zero_votes: bool, seen: SeenImage
         i = int(bad[0])
         raise UiaaError(f"image {r.images[i]}: negative or non-finite vote count", where=at(path, int(r.lines[i])))
     with np.errstate(over="ignore"):  # a sum that overflows to inf is exactly what is refused here
-        huge = np.flatnonzero(r.counts.sum(axis=1) > MAX_VOTES)
+        huge = np.flatnonzero(r.counts.sum(axis=1) >= MAX_VOTES)
     if len(huge):
         i = int(huge[0])
-        raise UiaaError(f"image {r.images[i]}: vote counts too large (more than 2^53 votes)",
+        raise UiaaError(f"image {r.images[i]}: vote counts too large (2^53 votes or more)",
                         where=at(path, int(r.lines[i])))
     if not allow_zero_votes:
         zero = np.flatnonzero(r.counts.sum(axis=1) == 0)
