@@ -280,3 +280,22 @@ def test_image_table_finds_a_few_images_among_many_missing(tmp_path):
     pd.DataFrame({"image": names[:-1], "mean": [5.0] * 100}).to_csv(tmp_path / "l.csv", index=False)
     with pytest.raises(UiaaError, match="none of the 100 images"):
         image_table(str(tmp_path / "l.csv"), tmp_path / "img")
+
+
+def test_predict_of_a_labels_table_with_a_folder_where_no_image_resolves(uiaa, tmp_path):
+    import torch
+
+    from uiaa_cli import models
+
+    torch.manual_seed(0)
+    model = models.build_model("resnet18", 10, "none")
+    models.save_checkpoint(tmp_path / "m.pt", model, models.make_config(
+        arch="resnet18", size=16, bins=list(range(1, 11)), kind="gauss-mv",
+        targets=[f"p_{i}" for i in range(1, 11)], loss="ce"))
+    frame = small_labels(tmp_path / "img")
+    frame.to_csv(tmp_path / "labels.csv", index=False)
+    (tmp_path / "empty").mkdir()
+    r = uiaa("predict", tmp_path / "labels.csv", "--images", tmp_path / "empty", "-m", tmp_path / "m.pt",
+             "--workers", "0", "--device", "cpu")
+    one_error_line(r, "predict", "empty", "none of the 4 images", "--images")
+    assert r.stdout == b""

@@ -265,11 +265,15 @@ def check_label_values(table: Table, path: str) -> None:
         values = values.astype(np.float64)
         probability = name.startswith("p_") or name in rsd_columns(table)
         with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(values) | ((values < -1e-12) | (values > 1 + 1e-9) if probability else False)
+            if probability:
+                bad = ~np.isfinite(values) | (values < -1e-12) | (values > 1 + 1e-9)
+            else:  # mean on any scale; votes and std are never negative
+                bad = ~np.isfinite(values) | ((values < 0) if name in ("votes", "std") else False)
         if bad.any():
             i = int(np.argmax(bad))
             image = f"image {table['image'][i]} " if "image" in table else ""
-            what = "a finite number in [0, 1]" if probability else "a finite number"
+            what = ("a finite number in [0, 1]" if probability else "a finite number >= 0" if name != "mean"
+                    else "a finite number")
             raise UiaaError(f"{image}(row {i + 1}): column {name!r} is {values[i]!r}, not {what}", where=at(path))
 
 
