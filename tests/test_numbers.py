@@ -299,3 +299,10 @@ def test_predict_of_a_labels_table_with_a_folder_where_no_image_resolves(uiaa, t
              "--workers", "0", "--device", "cpu")
     one_error_line(r, "predict", "empty", "none of the 4 images", "--images")
     assert r.stdout == b""
+
+
+def test_id_list_from_an_hdf5_table(uiaa, tmp_path):
+    ava = tmp_path / "AVA.txt"
+    ava.write_text(AVA)
+    assert uiaa("labels", ava, "-o", tmp_path / "all.h5").returncode == 0
+    assert read_id_list(str(tmp_path / "all.h5")).tolist() == ["953619", "953958"]

@@ -208,11 +208,18 @@ def read_id_list(path: str) -> np.ndarray:
     - a plain list, one id per line (AVA's ``generic_test.jpgl``); blank lines and ``#`` comments are
       ignored, as is anything after the first word; CRLF line ends and a byte-order mark are fine;
     - a table (CSV/TSV) with an ``image`` column, such as a labels or predictions table;
-    - a table with ``image_a, image_b`` columns (``uiaa dedupe``'s pairs): the ids of both.
+    - a table with ``image_a, image_b`` columns (``uiaa dedupe``'s pairs): the ids of both;
+    - an HDF5 table or cache with such columns.
     """
     from uiaa_cli.errors import at
-    from uiaa_cli.tables import parse_delimited, read_bytes
+    from uiaa_cli.tables import is_hdf5, parse_delimited, read_bytes, read_table
 
+    if path != "-" and is_hdf5(path):
+        table = read_table(path)
+        columns = [table[c].astype(str) for c in ID_COLUMNS if c in table]
+        if not columns:
+            raise UiaaError(f"no image ids: the table has no {' or '.join(ID_COLUMNS)} column", where=at(path))
+        return np.concatenate(columns)
     data = read_bytes(path)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
