@@ -194,8 +194,11 @@ def labels(
     divisor: Annotated[Divisor, typer.Option(help="Gaussian kinds: 2var is exp(-d^2/(2 var)); var is the "
                                                   "authors' released code, exp(-d^2/var).")] = Divisor.two_var,
     min_votes: Annotated[float, typer.Option(help="Leave out images with fewer votes.", callback=NON_NEGATIVE)] = 0,
-    only: Annotated[Optional[str], typer.Option(help="Keep only the image ids listed in this file.")] = None,
-    exclude: Annotated[Optional[str], typer.Option(help="Leave out the image ids listed in this file.")] = None,
+    only: Annotated[Optional[str], typer.Option(help="Keep only the images listed in this file: ids one per "
+                                                     "line, or a table's image (or dedupe's image_a,image_b) "
+                                                     "columns; with or without .jpg.")] = None,
+    exclude: Annotated[Optional[str], typer.Option(help="Leave out the images listed in this file (as "
+                                                        "--only).")] = None,
     source_format: Annotated[Optional[SourceFormat], typer.Option("--format", help="The ratings' format "
                                                                    "(default: detected).")] = None,
     scale: Annotated[Optional[str], typer.Option(help="The rating scale, e.g. 1..10 or 1,2,3,4,5 "
