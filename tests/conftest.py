@@ -1,4 +1,4 @@
-"""Shared fixtures: the real ``uiaa`` command in a subprocess, and the real rating files."""
+"""Shared fixtures: the real ``uiaa`` command in a subprocess, and excerpts of real rating files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("UIAA_SHARED_DATA", REPO.parent / "shared" / "data"))
+TEST_DATA = REPO / "tests" / "data"  # real-data excerpts shipped with the tests (see its README)
 
 
 def run_uiaa(*args: str, input: bytes | None = None, cwd: Path | None = None, env: dict | None = None,
@@ -27,17 +27,27 @@ def uiaa():
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not (SHARED_DATA / "AVA_sample.txt").exists():
-        pytest.fail(f"the project's rating files are missing: {SHARED_DATA} (set UIAA_SHARED_DATA)")
-    return SHARED_DATA
+def test_data() -> Path:
+    """Excerpts of AVA.txt, AVA's test list and KonIQ-10k shipped in tests/data (no ../shared needed)."""
+    return TEST_DATA
 
 
 @pytest.fixture
 def no_torch(tmp_path: Path) -> dict:
-    """An environment in which ``import torch`` fails, as on a machine without torch."""
+    """An environment in which ``import torch`` fails, as on a machine without torch. Every attempt,
+    in any process, leaves a line in ``tmp_path / "torch_imported"`` (see the ``torch_attempts`` fixture)."""
     fake = tmp_path / "no_torch"
+    marker = tmp_path / "torch_imported"
     for name in ("torch", "torchvision"):
         (fake / name).mkdir(parents=True)
-        (fake / name / "__init__.py").write_text(f"raise ImportError('{name} is absent in this test')\n")
+        (fake / name / "__init__.py").write_text(
+            f"import os\nwith open({str(marker)!r}, 'a') as f:\n    f.write(str(os.getpid()) + '\\n')\n"
+            f"raise ImportError('{name} is absent in this test')\n")
     return {"PYTHONPATH": os.pathsep.join([str(fake), str(REPO)])}
+
+
+@pytest.fixture
+def torch_attempts(tmp_path: Path):
+    """How many times processes under the ``no_torch`` environment have tried to import torch."""
+    marker = tmp_path / "torch_imported"
+    return lambda: len(marker.read_text().splitlines()) if marker.exists() else 0

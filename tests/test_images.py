@@ -147,13 +147,14 @@ def test_jpeg_draft_close_to_a_full_decode(tmp_path):
 
 
 def test_torch_and_pillow_resizers_agree(tmp_path, monkeypatch):
-    pytest.importorskip("torch")
+    pytest.importorskip("torch")  # loaded in this process: decode_image resizes with its kernel
     path = save(Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)),
                 tmp_path / "r.png")
-    monkeypatch.setattr(images, "_TORCH", None)
+    monkeypatch.delenv("UIAA_RESIZE", raising=False)
+    assert images._torch() is not None
     fast = decode_image(path, 33)
-    assert images._TORCH is not False  # torch is installed, so it was used
-    monkeypatch.setattr(images, "_TORCH", False)
+    monkeypatch.setenv("UIAA_RESIZE", "pillow")
+    assert images._torch() is None
     slow = decode_image(path, 33)
     assert np.abs(slow.astype(int) - fast).max() <= 1
     assert fast.flags["WRITEABLE"] and slow.flags["WRITEABLE"] and slow.flags["C_CONTIGUOUS"]

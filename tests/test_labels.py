@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -161,10 +164,10 @@ def test_single_bin_votes_give_one_hot(m, n, data):
         np.testing.assert_array_equal(make_targets(counts, bins, LabelSettings(kind=kind)).targets[0], np.eye(m)[j])
 
 
-def test_reconstruction_error_is_small_on_ava(shared_data):
+def test_reconstruction_error_is_small_on_ava(test_data):
     from uiaa_cli.ratings import read_ratings
 
-    r = read_ratings(str(shared_data / "AVA_sample.txt"))
+    r = read_ratings(str(test_data / "AVA_excerpt.txt"))
     t = make_targets(r.counts, r.bins, LabelSettings())
     assert t.reconstruction_error < 1e-3
 
@@ -181,3 +184,91 @@ def test_build_labels_table_columns_and_filters():
     assert report.left_out == {"in --exclude": 1, "fewer than 5 votes": 1}
     assert table["std"][0] == pytest.approx(np.sqrt(2.2768), abs=1e-4)
     assert table.attrs["kind"] == "gauss-mv" and table.attrs["lam"] == 0.5
+
+
+# ------------------------------------------------------------------ exact statistics (issue 9.3)
+
+
+def fraction_moments(counts: np.ndarray, bins: np.ndarray) -> tuple[list[Fraction], list[Fraction]]:
+    """Independent: mean and population variance of each row as exact rationals."""
+    means, variances = [], []
+    fb = [Fraction(float(b)) for b in bins]
+    for row in counts.tolist():
+        fc = [Fraction(float(c)) for c in row]
+        n = sum(fc)
+        mu = sum(c * b for c, b in zip(fc, fb)) / n
+        means.append(mu)
+        variances.append(sum(c * (b - mu) ** 2 for c, b in zip(fc, fb)) / n)
+    return means, variances
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), st.sampled_from([np.arange(1.0, 11.0), np.arange(1.0, 6.0), np.arange(0.0, 5.0) / 2 + 0.5,
+                                   np.array([-3.0, 0.25, 1.0, 7.5]), np.array([0.1, 0.2, 0.7])]),
+       st.sampled_from([10, 10**6, 10**12]))
+def test_mean_and_variance_are_correctly_rounded(data, bins, top):
+    rows = data.draw(st.integers(1, 8))
+    counts = np.array(data.draw(st.lists(st.lists(st.integers(0, top), min_size=len(bins), max_size=len(bins))
+                                         .filter(lambda r: sum(r) > 0), min_size=rows, max_size=rows)), dtype=float)
+    _, _, mu, var = moments(counts, bins)
+    means, variances = fraction_moments(counts, bins)
+    assert mu.tolist() == [float(m) for m in means]
+    assert var.tolist() == [float(v) for v in variances]
+
+
+def test_fractional_counts_are_exact_too():
+    counts = np.array([[0.5, 0.25, 0.25], [1e-3, 2.0, 3.5]])
+    bins = np.array([1.0, 2.0, 3.0])
+    means, variances = fraction_moments(counts, bins)
+    _, _, mu, var = moments(counts, bins)
+    assert mu.tolist() == [float(m) for m in means] and var.tolist() == [float(v) for v in variances]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 500), min_size=10, max_size=10), st.integers(2, 9))
+def test_exact_mean_at_the_threshold_is_low(counts, t):
+    """Counts balanced to average exactly t: binary says low (mean > t is false), whatever the votes."""
+    c = np.array(counts, dtype=np.int64)
+    excess = int(c @ (np.arange(1, 11) - t))  # sum of (b - t) over the votes
+    if excess > 0:
+        c[t - 2] += excess  # votes at t - 1 pull the mean down by exactly the excess
+    elif excess < 0:
+        c[t] -= excess  # votes at t + 1 push it up
+    if c.sum() == 0:
+        c[t - 1] = 1
+    assert Fraction(int(c @ np.arange(1, 11)), int(c.sum())) == t
+    target = make_targets(c[None].astype(float), AVA_BINS, LabelSettings("binary", threshold=float(t)))
+    assert target.keep[0] and target.targets[0].tolist() == [1.0, 0.0]
+    # with a margin of 1 the mean t + 1 is inside it: left out
+    margin = make_targets(c[None].astype(float), AVA_BINS, LabelSettings("binary", threshold=float(t - 1), delta=1))
+    assert not margin.keep[0]  # exact mean t = threshold + delta: neither high nor low
+
+
+def ava_fractions(path: Path) -> tuple[list[str], list[Fraction]]:
+    ids, means = [], []
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        c = [int(x) for x in fields[2:12]]
+        ids.append(fields[1])
+        means.append(Fraction(sum(b * n for b, n in zip(range(1, 11), c)), sum(c)))
+    return ids, means
+
+
+def test_real_ava_images_with_exact_mean_5_are_low(test_data):
+    """Real AVA lines: every exact mean 5 is low, and every mean is float(Fraction) exactly."""
+    from uiaa_cli.ratings import read_ratings
+
+    ids, means = ava_fractions(test_data / "AVA_excerpt.txt")
+    r = read_ratings(str(test_data / "AVA_excerpt.txt"))
+    assert r.images.tolist() == ids
+    table, _ = build_labels(r.images, r.counts, r.bins, LabelSettings("binary"))
+    fives = [i for i, m in enumerate(means) if m == 5]
+    assert len(fives) == 50
+    assert table["p_high"][fives].tolist() == [0.0] * 50
+    assert table["mean"].tolist() == [float(m) for m in means]
+    sixes = {ids[i] for i, m in enumerate(means) if m == 6}
+    fours = {ids[i] for i, m in enumerate(means) if m == 4}
+    kept, _ = build_labels(r.images, r.counts, r.bins, LabelSettings("binary", delta=1.0))
+    kept_ids = dict(zip(kept["image"].tolist(), kept["p_high"].tolist()))
+    assert len(sixes) == 34 and not (set(kept_ids) & sixes)  # 6 > 5 + 1 is false: inside the margin
+    assert len(fours) == 3 and all(kept_ids[i] == 0.0 for i in fours)  # 4 <= 5 - 1: low

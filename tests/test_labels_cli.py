@@ -60,37 +60,38 @@ def test_binary_margin_is_reported(uiaa):
     assert "1 inside the binary margin" in r.stderr.decode()
 
 
-def test_standard_ava_split_in_two_commands(uiaa, shared_data, tmp_path):
-    ava, test_list = shared_data / "AVA_sample.txt", shared_data / "generic_test.jpgl"
+def test_standard_ava_split_in_two_commands(uiaa, test_data, tmp_path):
+    ava, test_list = test_data / "AVA_excerpt.txt", test_data / "generic_test_excerpt.jpgl"
     train = uiaa("labels", ava, "--exclude", test_list, "-o", tmp_path / "train.csv")
     test = uiaa("labels", ava, "--only", test_list, "-o", tmp_path / "test.csv")
     assert train.returncode == 0 and test.returncode == 0, (train.stderr, test.stderr)
     a, b = read_table(tmp_path / "train.csv"), read_table(tmp_path / "test.csv")
     ids = set(test_list.read_text().split())
     assert set(b["image"]) <= ids and not (set(a["image"]) & ids)
-    assert len(a) + len(b) == 19987
-    assert len(b) > 0 and "not in --only" in test.stderr.decode() and "in --exclude" in train.stderr.decode()
+    assert len(a) + len(b) == 487
+    assert len(b) == 38 and "not in --only" in test.stderr.decode() and "in --exclude" in train.stderr.decode()
 
 
-def test_ava_sample_facts(shared_data):
-    r = read_ratings(str(shared_data / "AVA_sample.txt"))
-    assert r.counts.shape == (19987, 10)
-    n = r.counts.sum(axis=1)
-    mean = r.counts @ np.arange(1, 11) / n
-    assert 0.6 < np.mean(mean > 5) < 0.8  # full AVA: 70.8%
-    assert 5.2 < mean.mean() < 5.55  # full AVA: 5.383
+def test_ava_sample_facts(test_data):
+    r = read_ratings(str(test_data / "AVA_excerpt.txt"))
+    assert r.counts.shape == (487, 10)
+    first = r.counts[:400]  # the first 400 lines: a few challenges, rated a little above all AVA
+    mean = first @ np.arange(1, 11) / first.sum(axis=1)
+    assert 0.6 < np.mean(mean > 5) < 0.9  # full AVA: 70.8%, these lines 84.5%
+    assert 5.2 < mean.mean() < 5.7  # full AVA: 5.383, these lines 5.576
+    assert 78 <= r.counts.sum(axis=1).min() and r.counts.sum(axis=1).max() <= 549  # full AVA's range
 
 
-def test_koniq_fractions_and_hdf5_output(uiaa, shared_data, tmp_path):
+def test_koniq_fractions_and_hdf5_output(uiaa, test_data, tmp_path):
     out = tmp_path / "koniq.h5"
-    r = uiaa("labels", shared_data / "koniq10k_distributions_sets.csv", "--kind", "rsd", "-o", out)
+    r = uiaa("labels", test_data / "koniq10k_excerpt.csv", "--kind", "rsd", "-o", out)
     assert r.returncode == 0, r.stderr
     with h5py.File(out) as f:
         g = f["table"]
         assert g.attrs["kind"] == "rsd"
         np.testing.assert_array_equal(g.attrs["bins"], [1, 2, 3, 4, 5])
-        assert len(g["image"]) == 10073
-    raw = pd.read_csv(shared_data / "koniq10k_distributions_sets.csv")
+        assert len(g["image"]) == 300
+    raw = pd.read_csv(test_data / "koniq10k_excerpt.csv")
     t = read_table(out)
     assert t["image"][0] == raw["image_name"][0]
     np.testing.assert_array_equal(t["votes"], raw["c_total"])
@@ -179,13 +180,13 @@ def test_debug_shows_the_traceback(uiaa, tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr.decode()
 
 
-def test_quiet_and_broken_pipe(uiaa, shared_data):
+def test_quiet_and_broken_pipe(uiaa, test_data):
     import subprocess
     import sys
 
-    r = uiaa("labels", shared_data / "AVA_sample.txt", "-q")
+    r = uiaa("labels", test_data / "AVA_excerpt.txt", "-q")
     assert r.returncode == 0 and r.stderr == b""
-    p = subprocess.run(["bash", "-c", f"{sys.executable} -m uiaa_cli labels {shared_data / 'AVA_sample.txt'} "
+    p = subprocess.run(["bash", "-c", f"{sys.executable} -m uiaa_cli labels {test_data / 'AVA_excerpt.txt'} "
                         "| head -2; echo status ${PIPESTATUS[0]}"], capture_output=True)
     assert p.stderr == b"" and p.stdout.count(b"\n") == 3
     assert p.stdout.endswith(b"status 0\n")
@@ -200,3 +201,29 @@ def test_labels_evaluate_convert_run_without_torch(uiaa, no_torch, tmp_path):
     r = uiaa("evaluate", preds, tmp_path / "l.h5", env=no_torch)
     assert r.returncode == 0, r.stderr
     assert b"SRCC" in r.stdout
+
+
+def test_exact_means_decide_binary_labels_and_accuracy(uiaa, test_data, tmp_path):
+    """Real AVA lines whose votes average exactly 5 are low in 'labels --kind binary', and 'evaluate'
+    scores a perfect predictor (score = the exact mean, correctly rounded) at accuracy 1."""
+    from fractions import Fraction
+
+    ids, means = [], []
+    for line in (test_data / "AVA_excerpt.txt").read_text().splitlines():
+        c = [int(x) for x in line.split()[2:12]]
+        ids.append(line.split()[1])
+        means.append(Fraction(sum(b * n for b, n in zip(range(1, 11), c)), sum(c)))
+    r = uiaa("labels", test_data / "AVA_excerpt.txt", "--kind", "binary", "-o", tmp_path / "l.csv")
+    assert r.returncode == 0, r.stderr
+    t = read_table(tmp_path / "l.csv")
+    assert t["image"].tolist() == ids
+    assert t["mean"].tolist() == [float(m) for m in means]  # written and read back correctly rounded
+    fives = np.array([m == 5 for m in means])
+    assert fives.sum() == 50 and not t["p_high"][fives].any()
+    pd.DataFrame({"image": ids, "score": [float(m) for m in means]}).to_csv(tmp_path / "p.csv", index=False)
+    e = uiaa("evaluate", tmp_path / "p.csv", tmp_path / "l.csv", "--json")
+    assert e.returncode == 0, e.stderr
+    assert json.loads(e.stdout)["metrics"]["accuracy"] == 1.0
+    d = uiaa("labels", test_data / "AVA_excerpt.txt", "--kind", "binary", "--delta", "1", "-o", tmp_path / "d.csv")
+    kept = set(read_table(tmp_path / "d.csv")["image"].tolist())
+    assert d.returncode == 0 and not kept & {i for i, m in zip(ids, means) if m == 6}

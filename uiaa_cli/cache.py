@@ -44,6 +44,7 @@ import numpy as np
 
 from uiaa_cli import images
 from uiaa_cli.errors import UiaaError, at
+from uiaa_cli.labels import check_label_values
 from uiaa_cli.tables import TABLE_GROUP, Table, is_hdf5, read_table, write_h5_group
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet, what torchvision's pretrained weights expect
@@ -166,6 +167,7 @@ def build_cache(
     if str(labels_path) == "-":
         raise UiaaError("the labels must be a file (its folder is the default image root)")
     labels, root = images.image_table(str(labels_path), images_root)
+    check_label_values(labels, str(labels_path))  # refused now, not when training on it
     if not len(labels):
         raise UiaaError("no images: the labels table is empty", where=at(str(labels_path)))
     out = Path(out_path)

@@ -8,12 +8,13 @@ where torch is absent.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -101,6 +102,49 @@ def root(
     """
 
 
+# ----------------------------------------------------------------------------- option values
+# Every numeric option is checked here, as the command line is parsed, before any work: a bad
+# value is one line ``uiaa CMD: error: invalid value for '--opt': ...`` and exit status 2.
+
+
+def checked(test: Callable[[Any], bool], what: str) -> Callable[[Any], Any]:
+    """A typer callback refusing values (other than an absent default) for which ``test`` is false."""
+    def check(value: Any) -> Any:
+        if value is not None and not test(value):
+            raise typer.BadParameter(f"{what}, got {value!r}")
+        return value
+
+    return check
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+FINITE = checked(_finite, "must be a finite number")
+POSITIVE = checked(lambda x: _finite(x) and x > 0, "must be a positive finite number")
+NON_NEGATIVE = checked(lambda x: _finite(x) and x >= 0, "must be a finite number >= 0")
+UNIT = checked(lambda x: _finite(x) and 0 <= x <= 1, "must lie in [0, 1]")
+SHARE = checked(lambda x: _finite(x) and 0 <= x < 1, "must lie in [0, 1)")
+AT_LEAST_0 = checked(lambda n: n >= 0, "must be 0 or more")
+AT_LEAST_1 = checked(lambda n: n >= 1, "must be 1 or more")
+AT_LEAST_2 = checked(lambda n: n >= 2, "must be 2 or more (batch normalisation needs two images)")
+PIXELS = checked(lambda n: 8 <= n <= 4096, "must lie in 8..4096 pixels")
+
+
+def learning_rates(text: Optional[str]) -> Optional[str]:
+    """``--lr START,END``: two positive finite numbers (or one, for a constant rate)."""
+    if text is not None:
+        parts = text.split(",")
+        try:
+            ok = len(parts) in (1, 2) and all(math.isfinite(float(p)) and float(p) > 0 for p in parts)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise typer.BadParameter(f"expected START,END, two positive numbers (e.g. 1e-3,1e-4), got {text!r}")
+    return text
+
+
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No messages on stderr, only errors.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")]
 Progress = Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr "
@@ -157,16 +201,20 @@ def labels(
     kind: Annotated[Kind, typer.Option(help="Target: binary, soft (p_high = mean / b_M), rsd (the votes), "
                                             "gauss-nv (Gaussian of the votes' variance), gauss-mv "
                                             "(modified variance).")] = Kind.gauss_mv,
-    lam: Annotated[float, typer.Option(help="gauss-mv: var_z = min((1 - lam) var, cap).")] = 0.5,
-    cap: Annotated[float, typer.Option(help="gauss-mv: the largest variance allowed.")] = 1.5,
-    delta: Annotated[float, typer.Option(help="binary: leave out images with |mean - threshold| < delta.")] = 0.0,
+    lam: Annotated[float, typer.Option(help="gauss-mv: var_z = min((1 - lam) var, cap).", callback=UNIT)] = 0.5,
+    cap: Annotated[float, typer.Option(help="gauss-mv: the largest variance allowed.", callback=POSITIVE)] = 1.5,
+    delta: Annotated[float, typer.Option(help="binary: leave out images with |mean - threshold| < delta.",
+                                         callback=NON_NEGATIVE)] = 0.0,
     threshold: Annotated[Optional[float], typer.Option(help="binary: the threshold (default: b_ceil(M/2), "
-                                                             "5 on 1..10, 3 on 1..5).")] = None,
+                                                             "5 on 1..10, 3 on 1..5).", callback=FINITE)] = None,
     divisor: Annotated[Divisor, typer.Option(help="Gaussian kinds: 2var is exp(-d^2/(2 var)); var is the "
                                                   "authors' released code, exp(-d^2/var).")] = Divisor.two_var,
-    min_votes: Annotated[float, typer.Option(help="Leave out images with fewer votes.")] = 0,
-    only: Annotated[Optional[str], typer.Option(help="Keep only the image ids listed in this file.")] = None,
-    exclude: Annotated[Optional[str], typer.Option(help="Leave out the image ids listed in this file.")] = None,
+    min_votes: Annotated[float, typer.Option(help="Leave out images with fewer votes.", callback=NON_NEGATIVE)] = 0,
+    only: Annotated[Optional[str], typer.Option(help="Keep only the images listed in this file: ids one per "
+                                                     "line, or a table's image (or dedupe's image_a,image_b) "
+                                                     "columns; with or without .jpg.")] = None,
+    exclude: Annotated[Optional[str], typer.Option(help="Leave out the images listed in this file (as "
+                                                        "--only).")] = None,
     source_format: Annotated[Optional[SourceFormat], typer.Option("--format", help="The ratings' format "
                                                                    "(default: detected).")] = None,
     scale: Annotated[Optional[str], typer.Option(help="The rating scale, e.g. 1..10 or 1,2,3,4,5 "
@@ -201,6 +249,14 @@ def labels(
                                                    min_votes=min_votes, only=only_ids, exclude=exclude_ids)
                 writer.write(table)
                 report.merge(chunk_report)
+            for option, ids, why in (("--only", only_ids, "not in --only"), ("--exclude", exclude_ids, "in --exclude")):
+                matched = report.rows_in - report.left_out.get(why, 0) if option == "--only" else \
+                    report.left_out.get(why, 0)
+                if ids is not None and not matched:
+                    effect = "keep nothing" if option == "--only" else "leave nothing out"
+                    raise UiaaError(f"none of its {len(ids):,} ids (such as {str(ids[0])!r}) names an image of "
+                                    f"{ratings} (such as {str(source.images[0])!r}): {option} would {effect}",
+                                    where=only if option == "--only" else exclude)
         left = ", ".join(f"{n:,} {why}" for why, n in report.left_out.items())
         message = (f"uiaa labels: {report.rows_in:,} rows in ({source.source_format}, scale "
                    f"{source.bins[0]:g}..{source.bins[-1]:g}), {report.rows_out:,} out, "
@@ -228,7 +284,8 @@ def evaluate(
                                                                        "(or a cache).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print the metrics as one CSV row.")] = False,
-    threshold: Annotated[Optional[float], typer.Option(help="Accuracy threshold (default: the labels').")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Accuracy threshold (default: the labels').",
+                                                       callback=FINITE)] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a scatter of predicted against true score "
                                                       "(.png, .jpg, .webp, ...).")] = None,
     quiet: Quiet = False,
@@ -237,6 +294,7 @@ def evaluate(
     """Score predictions against the votes: accuracy, SRCC, PCC, MSE, MAE, KL, EMD, std SRCC/PCC."""
     with handled("evaluate", quiet, debug):
         from uiaa_cli import evaluation
+        from uiaa_cli.labels import check_label_values
         from uiaa_cli.tables import read_table
 
         if as_json and as_csv:
@@ -250,6 +308,7 @@ def evaluate(
             check_output(str(plot), inputs=[predictions, labels_file], what="plot", stdout=False)
             plot_format(plot)
         preds, labs = read_table(predictions), read_table(labels_file)
+        check_label_values(labs, labels_file)
         result = evaluation.evaluate_tables(preds, labs, threshold)
         text = (evaluation.as_json if as_json else evaluation.as_csv if as_csv else evaluation.as_text)(result)
         sys.stdout.write(text)
@@ -352,8 +411,10 @@ def cache(
     output: Annotated[Path, typer.Option("--output", "-o", help="The cache to write (.h5).")],
     images: Annotated[Optional[Path], typer.Option("--images", help="Folder the image names are relative to "
                                                                     "(default: the labels file's folder).")] = None,
-    size: Annotated[int, typer.Option(help="Side of the square the images are warped to (pixels).")] = 384,
-    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores).")] = None,
+    size: Annotated[int, typer.Option(help="Side of the square the images are warped to (pixels).",
+                                      callback=PIXELS)] = 384,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores).",
+                                                   callback=AT_LEAST_1)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted build (OUT.partial) "
                                                           "without redoing finished images; a finished OUT of "
                                                           "the same labels, images and size is kept.")] = False,
@@ -424,26 +485,29 @@ def train(
                                            "convnext_tiny, mobilenet_v3_large.")] = "resnet50",
     loss: Annotated[Loss, typer.Option(help="ce and emd train a softmax head, mse and huber a linear "
                                             "one.")] = Loss.ce,
-    epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 10,
+    epochs: Annotated[int, typer.Option(help="Passes over the training images.", callback=AT_LEAST_1)] = 10,
     lr: Annotated[Optional[str], typer.Option(help="START,END: per-epoch exponential decay (default by kind and "
                                                    "loss: ce/emd 1e-3,1e-4 for distributions, 1e-2,1e-3 for "
                                                    "binary/soft; mse 10^-2.5..; huber 10^-1.5..; VGG 10x "
-                                                   "lower).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per step (per process under torchrun).")] = 32,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[Optional[float], typer.Option(help="Default 1e-4 (ResNet), 5e-4 (VGG).")] = None,
+                                                   "lower).", callback=learning_rates)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step (per process under torchrun).",
+                                            callback=AT_LEAST_2)] = 32,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.", callback=NON_NEGATIVE)] = 0.9,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Default 1e-4 (ResNet), 5e-4 (VGG).",
+                                                          callback=NON_NEGATIVE)] = None,
     size: Annotated[Optional[int], typer.Option(help="Image side in pixels, warp-resized (default: the cache's, "
-                                                     "else 384).")] = None,
+                                                     "else 384).", callback=PIXELS)] = None,
     weights: Annotated[str, typer.Option(help="imagenet (torchvision's; downloaded once), none (from "
                                               "scratch), or a weights/checkpoint file.")] = "imagenet",
     val: Annotated[Optional[str], typer.Option(help="Validation labels table or cache (default: hold out "
                                                     "--val-frac of DATA).")] = None,
     val_frac: Annotated[float, typer.Option(help="Share of DATA held out for validation when no --val "
-                                                 "(0: none).")] = 0.1,
+                                                 "(0: none).", callback=SHARE)] = 0.1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     workers: Annotated[Optional[int], typer.Option(help="Processes decoding images of a labels table (default: "
-                                                        "cores, at most 8).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the split, the initial head, batches and flips.")] = 0,
+                                                        "cores, at most 8).", callback=AT_LEAST_0)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the initial head, batches and flips.",
+                                      callback=AT_LEAST_0)] = 0,
     out: Annotated[Optional[str], typer.Option(help="Run folder (default runs/<arch>-<kind>-<loss>-<time>).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this folder with its own settings "
                                                        "(only data paths, --device, --workers apply).")] = None,
@@ -500,9 +564,9 @@ def predict(
     images: Annotated[Optional[str], typer.Option(help="Folder of a labels table's images (default: the "
                                                        "table's folder).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.", callback=AT_LEAST_1)] = 32,
     workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: min(4, cores); 0 "
-                                                        "decodes in the main process).")] = None,
+                                                        "decodes in the main process).", callback=AT_LEAST_0)] = None,
     progress: Annotated[bool, typer.Option("--progress", help="Show a progress bar even when stderr is not a "
                                                               "terminal.")] = False,
     quiet: Quiet = False,
@@ -536,12 +600,31 @@ def predict(
 
 
 def main() -> None:
-    """Entry point: clean exits on a closed pipe and on Ctrl-C."""
+    """Entry point: usage errors in one line, clean exits on a closed pipe and on Ctrl-C."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
     try:
-        app()
+        status = app(standalone_mode=False)
+    except NoArgsIsHelpError as e:  # 'uiaa' or 'uiaa CMD' alone: the help
+        e.show()
+        sys.exit(e.exit_code)
+    except ClickException as e:  # a bad option value, a missing argument, an unknown command
+        print(usage_error_line(e), file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
     except BrokenPipeError:
         quiet_closed_stdout()
         sys.exit(0)
     except KeyboardInterrupt:
         print("uiaa: interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def usage_error_line(e: Any) -> str:
+    """``uiaa CMD: error: invalid value for '--lam': ...`` (one line, the usual uiaa shape)."""
+    ctx = getattr(e, "ctx", None)
+    command = f"uiaa {ctx.info_name}" if ctx is not None and ctx.parent is not None else "uiaa"
+    message = " ".join(e.format_message().split())
+    message = message[:1].lower() + message[1:].rstrip(".")
+    hint = f" (see '{command} --help')" if ctx is not None else ""
+    return f"{command}: error: {message}{hint}"

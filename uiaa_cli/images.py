@@ -15,18 +15,16 @@ RGB:
 - empty, truncated and non-image files and decompression bombs raise ``ImageError`` with a
   one-line reason; Pillow's own warnings never reach the user's terminal.
 
-Decoder, by measurement (800x600 JPEG, one thread, 2-core AMD EPYC VM, ms per image at 384 px;
-benchmarks/bench_cache.py): decode only, Pillow 1.98, torchvision's decode_jpeg 1.73; resize only,
-Pillow 2.8, torch's uint8 kernel 0.4-0.7. So Pillow decodes, with ``draft()`` for JPEGs (libjpeg
-scales by 1/2, 1/4 or 1/8 inside the DCT, never below ``size``: 2.5 ms instead of 4.1 ms at 224 px,
-mean difference 1 grey level, max 11 on sharp edges), and torch resizes when it is installed
-(imported lazily; Pillow's resize otherwise, within one grey level). decode_image: 2.8-2.9 ms
-against 5.2 for plain Pillow; the fastest bare pipeline, decode_jpeg + torch resize, 2.4-2.5 ms.
-decode_jpeg + the same resize would save ~0.6 ms more on JPEGs that draft cannot shrink (pixels
-identical), but it is not used: torchvision's libjpeg prints warnings such as "Corrupt JPEG data:
-N extraneous bytes" straight to stderr (common in AVA), importing torchvision costs another ~1.2 s
-per run, Pillow must still read the header (size, mode, EXIF, bomb check), and draft beats it
-whenever the output is at most half the photo (224 px from 640x480: predict's usual case).
+Decoder, by measurement (benchmarks/bench_cache.py): Pillow decodes, with ``draft()`` for JPEGs
+(libjpeg scales by 1/2, 1/4 or 1/8 inside the DCT, never below ``size``: 2.5 ms instead of 4.1 ms
+at 224 px from 800x600, mean difference 1 grey level, max 11 on sharp edges). Pillow resizes. torch's
+uint8 kernel resizes 2-3x faster (within one grey level) and is used when the process has already
+imported torch (``train``, ``predict`` with the torch engine), but it is never imported for it:
+importing torch costs 1-4 s and ~600 MB per process, more than the resize saves on all but very long
+runs, and ``cache`` must start light and run where torch is absent (SPEC §2). torchvision's
+decode_jpeg is not used either: its libjpeg prints warnings such as "Corrupt JPEG data: N extraneous
+bytes" straight to stderr (common in AVA), and Pillow must still read the header (size, mode, EXIF,
+bomb check).
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -128,12 +127,11 @@ def _decode(source: str | os.PathLike | bytes, size: int) -> np.ndarray:
 
 
 def _resize(im: Image.Image, size: int) -> np.ndarray:
-    """Warp to ``size`` x ``size``, antialiased bilinear: torch's uint8 kernel when torch is here.
+    """Warp to ``size`` x ``size``, antialiased bilinear: Pillow's, or torch's uint8 kernel when this
+    process has torch loaded already.
 
-    torch's SIMD kernel reproduces Pillow's filter within one grey level, 3-4x faster (0.7 ms
-    against 2.8 ms from 800x600 to 384 px, the largest cost after decoding). It writes straight into
-    a channels-last buffer, so the (S, S, 3) result needs no transposing copy (that copy alone cost
-    0.9 ms).
+    torch's SIMD kernel reproduces Pillow's filter within one grey level, 2-3x faster, and writes
+    straight into a channels-last buffer, so the (S, S, 3) result needs no transposing copy.
     """
     torch = _torch()
     if torch is None:
@@ -150,35 +148,24 @@ def _resize(im: Image.Image, size: int) -> np.ndarray:
         return np.ascontiguousarray(resized[0].permute(1, 2, 0).numpy())
 
 
-_TORCH: Any = None  # the torch module once looked for, or False where it is not installed
-
-
 def _torch() -> Any:
-    """torch for the resize, imported on first use; None where absent or UIAA_RESIZE=pillow."""
-    global _TORCH
-    if _TORCH is None:
-        _TORCH = False
-        if os.environ.get("UIAA_RESIZE", "").lower() != "pillow":
-            try:
-                import torch
-
-                _TORCH = torch
-            except ImportError:
-                pass
-    return _TORCH or None
+    """torch if this process has already imported it (never imported here); None with UIAA_RESIZE=pillow."""
+    if os.environ.get("UIAA_RESIZE", "").lower() == "pillow":
+        return None
+    return sys.modules.get("torch")
 
 
 def init_worker() -> None:
-    """Set up a decoding worker process: load the resizer now and keep it to one thread."""
+    """Set up a decoding worker process: one thread each (parallelism comes from the processes)."""
     torch = _torch()
     if torch is not None:
-        torch.set_num_threads(1)  # parallelism comes from the worker processes
+        torch.set_num_threads(1)
 
 
 def preload() -> None:
-    """Import the resizer in a parent before it forks workers, so they share it instead of each
-    importing torch (1-4 s)."""
-    _torch()
+    """Load Pillow's common format plugins (JPEG, PNG, BMP, GIF, PPM) in a parent before it forks
+    workers, so they share them; the rest load on first need (all of them cost 0.12 s of CPU)."""
+    Image.preinit()
 
 
 # EXIF orientation (tag 0x0112) to the numpy view that undoes it, as Pillow's exif_transpose.
@@ -244,7 +231,11 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
 
 
 def image_table(path: str, images: str | os.PathLike | None) -> tuple[Any, Path]:
-    """A labels table naming images, and the folder they are found in (default: the table's folder)."""
+    """A labels table naming images, and the folder they are found in (default: the table's folder).
+
+    A folder where none of the images is found (a wrong or missing ``--images``) is one error here,
+    before any work, not one "no such image" line per image.
+    """
     from uiaa_cli.errors import at
     from uiaa_cli.tables import read_table
 
@@ -254,7 +245,26 @@ def image_table(path: str, images: str | os.PathLike | None) -> tuple[Any, Path]
     root = Path(images) if images is not None else Path(path).resolve().parent
     if not root.is_dir():
         raise UiaaError("no such folder of images (give it with --images)", where=at(str(root)))
+    names = table["image"].astype(str)
+    if len(names) and not any_resolves(root, names):
+        shown = ", ".join(repr(str(n)) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+        raise UiaaError(f"none of the {len(names):,} images named in {path} is in this folder ({shown}); "
+                        "give the folder of the images with --images", where=at(str(root)))
     return table, root
+
+
+def any_resolves(root: str | os.PathLike, names: np.ndarray, sample: int = 16) -> bool:
+    """Whether at least one of ``names`` is an image file under ``root``: a few names spread over the
+    table first (the usual answer, in microseconds), then, only if none of those is, every name."""
+    picks = np.unique(np.linspace(0, len(names) - 1, min(sample, len(names))).astype(int))
+    rest = np.setdiff1d(np.arange(len(names)), picks)
+    for i in np.concatenate((picks, rest)):
+        try:
+            resolve_image(root, names[i])
+            return True
+        except ImageError:
+            continue
+    return False
 
 
 def resolve_image(root: str | os.PathLike, name: str) -> Path:
@@ -273,7 +283,9 @@ def resolve_image(root: str | os.PathLike, name: str) -> Path:
     if normal == os.pardir or normal.startswith(os.pardir + os.sep):
         raise ImageError("path escapes the image root", where=name)
     real_root = os.path.realpath(root)
-    has_extension = os.path.splitext(name)[1].lower() in readable_extensions()
+    extension = os.path.splitext(name)[1].lower()
+    # (the common extensions first: the full list loads every Pillow plugin, 0.12 s of CPU)
+    has_extension = extension in BARE_ID_EXTENSIONS or (bool(extension) and extension in readable_extensions())
     candidates = [name] + ([] if has_extension else [name + ext for ext in BARE_ID_EXTENSIONS])
     for candidate in candidates:
         path = os.path.join(real_root, candidate)

@@ -49,14 +49,81 @@ def default_threshold(bins: np.ndarray) -> float:
 
 
 def moments(counts: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Votes ``n``, RSD ``y``, mean ``mu`` and population variance ``var`` of each row."""
+    """Votes ``n``, RSD ``y``, mean ``mu`` and population variance ``var`` of each row.
+
+    The mean is ``sum(b c) / sum(c)`` and the variance ``(n sum(b^2 c) - sum(b c)^2) / n^2``, each one
+    division of exact sums, so both are the correctly rounded values: an image whose votes average
+    exactly 5 has mean 5.0, never 5.000000000000001 (which would make it *high* at threshold 5).
+    """
     counts = np.asarray(counts, dtype=np.float64)
     bins = np.asarray(bins, dtype=np.float64)
     n = counts.sum(axis=1)
-    rsd = counts / n[:, None]
-    mu = (rsd * bins).sum(axis=1)  # not BLAS: the same bits whatever the chunk of rows
-    var = np.einsum("nm,nm->n", rsd, (bins[None, :] - mu[:, None]) ** 2)
-    return n, rsd, mu, np.maximum(var, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # n = 0 rows are refused or dropped upstream
+        rsd = counts / n[:, None]
+    mu, var = exact_mean_var(counts, bins)
+    return n, rsd, mu, var
+
+
+def exact_mean_var(counts: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population variance of each row of ``counts`` over ``bins``, correctly rounded.
+
+    Every finite float is ``k / 2^e``: counts and bins are scaled by powers of two to integers, the
+    sums are taken in int64 when they provably fit (the usual case: whole counts, whole bins), else
+    in Python integers, and each result is one division of two exact integers.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    bins = np.asarray(bins, dtype=np.float64)
+    if not counts.size:
+        return np.zeros(len(counts)), np.zeros(len(counts))
+    kc, kb = _dyadic_exponent(counts), _dyadic_exponent(bins)
+    c, b = np.ldexp(counts, kc), np.ldexp(bins, kb)  # exact: a power-of-two scaling
+    n_max = float(np.abs(c).sum(axis=1).max())
+    b_max = max(float(np.abs(b).max()), 1.0)
+    # |n Q| and S^2 are at most (n_max b_max)^2: below 2^62 the int64 sums cannot overflow
+    if kc <= 60 and kb <= 60 and n_max * b_max < 2.0**31 and n_max < 2.0**62:
+        ci, bi = c.astype(np.int64), b.astype(np.int64)
+        n = ci.sum(axis=1)
+        s = ci @ bi
+        q = ci @ (bi * bi)
+        num = n * q - s * s
+        den = n * n
+        if n_max * b_max < 2.0**26:  # every integer below 2^53: float division is correctly rounded
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mean, var = s / n, num / den
+        else:  # Python's int / int is correctly rounded at any size
+            mean, var = _divide(s.astype(object), n.astype(object)), _divide(num.astype(object),
+                                                                               den.astype(object))
+    else:
+        ci = np.array([[int(x) for x in row] for row in c.tolist()], dtype=object)
+        bi = np.array([int(x) for x in b.tolist()], dtype=object)
+        n = ci.sum(axis=1)
+        s = ci.dot(bi)
+        q = ci.dot(bi * bi)
+        mean, var = _divide(s, n), _divide(n * q - s * s, n * n)
+    return np.ldexp(mean, -kb), np.maximum(np.ldexp(var, -2 * kb), 0.0)
+
+
+def _dyadic_exponent(values: np.ndarray) -> int:
+    """The least ``k`` for which every ``values * 2^k`` is a whole number (0 for whole numbers)."""
+    finite = values[np.isfinite(values)]
+    if not np.all(finite == np.round(finite)):
+        mantissa, exponent = np.frexp(finite)
+        nonzero = mantissa != 0
+        # mantissa * 2^53 is a whole number, so values * 2^(53 - exponent) are too; trim trailing zeros
+        whole = (mantissa[nonzero] * 2.0**53).astype(np.int64)
+        trailing = _trailing_zeros(whole)
+        return int(max(0, np.max(53 - exponent[nonzero] - trailing)))
+    return 0
+
+
+def _trailing_zeros(x: np.ndarray) -> np.ndarray:
+    low = (x & -x).astype(np.float64)  # the lowest set bit, a power of two
+    return np.frexp(low)[1].astype(np.int64) - 1
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Correctly rounded ``num / den`` of arrays of Python integers (NaN where ``den`` is 0)."""
+    return np.array([a / b if b else float("nan") for a, b in zip(num.tolist(), den.tolist())], dtype=np.float64)
 
 
 def discretised_gaussian(mu: np.ndarray, var: np.ndarray, bins: np.ndarray, divisor: str = "2var") -> np.ndarray:
@@ -131,20 +198,90 @@ def make_targets(counts: np.ndarray, bins: np.ndarray, settings: LabelSettings) 
                    left_out_margin=int((~keep).sum()), reconstruction_error=error)
 
 
-def read_id_list(path: str) -> np.ndarray:
-    """Image ids, one per line (e.g. AVA's ``generic_test.jpgl``); blank lines and ``#`` comments ignored."""
-    from uiaa_cli.tables import read_bytes
+ID_COLUMNS = ("image", "image_a", "image_b")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
-    text = read_bytes(path).decode(errors="replace")
-    ids = [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    return np.array(ids, dtype=str)
+
+def read_id_list(path: str) -> np.ndarray:
+    """The image ids of an ``--only``/``--exclude`` file, in any of these shapes:
+
+    - a plain list, one id per line (AVA's ``generic_test.jpgl``); blank lines and ``#`` comments are
+      ignored, as is anything after the first word; CRLF line ends and a byte-order mark are fine;
+    - a table (CSV/TSV) with an ``image`` column, such as a labels or predictions table;
+    - a table with ``image_a, image_b`` columns (``uiaa dedupe``'s pairs): the ids of both;
+    - an HDF5 table or cache with such columns.
+    """
+    from uiaa_cli.errors import at
+    from uiaa_cli.tables import is_hdf5, parse_delimited, read_bytes, read_table
+
+    if path != "-" and is_hdf5(path):
+        table = read_table(path)
+        columns = [table[c].astype(str) for c in ID_COLUMNS if c in table]
+        if not columns:
+            raise UiaaError(f"no image ids: the table has no {' or '.join(ID_COLUMNS)} column", where=at(path))
+        return np.concatenate(columns)
+    data = read_bytes(path)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    text = data.decode(errors="replace")
+    first = next((line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")), "")
+    header = [h.strip().strip('"') for h in first.replace("\t", ",").split(",")]
+    if any(h in ID_COLUMNS for h in header) and (len(header) > 1 or header == ["image"]):
+        table = parse_delimited(data, path)
+        columns = [table[c].astype(str) for c in ID_COLUMNS if c in table]
+        ids = np.concatenate(columns) if columns else np.array([], dtype=str)
+    else:
+        lines = np.array(text.replace("\t", " ").splitlines() or [""], dtype=str)
+        lines = np.char.strip(lines)
+        lines = lines[(lines != "") & ~np.char.startswith(lines, "#")]
+        ids = np.char.partition(lines, " ")[:, 0] if len(lines) else lines
+    ids = ids[np.char.str_len(np.char.strip(ids)) > 0] if len(ids) else ids
+    if not len(ids):
+        raise UiaaError("no image ids in this list", where=at(path))
+    return ids
+
+
+def image_stems(names: np.ndarray) -> np.ndarray:
+    """Names without an image extension: ``953619`` for ``953619.jpg``; other names unchanged."""
+    parts = np.char.rpartition(names, ".")
+    is_image = np.isin(np.char.lower(np.char.add(".", parts[:, 2])), IMAGE_EXTENSIONS) & (parts[:, 1] == ".")
+    return np.where(is_image, parts[:, 0], names)
 
 
 def matches_ids(images: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Which images are in ``ids``, by their full name or their name without its extension."""
-    stems = np.char.rpartition(images, ".")
-    stems = np.where(stems[:, 1] == ".", stems[:, 0], images)
-    return np.isin(images, ids) | np.isin(stems, ids)
+    """Which images are in ``ids``: by the full name, or by the name without its image extension on
+    either side (a list of ``953619.jpg`` names matches bare AVA ids, and the other way round)."""
+    images, ids = np.asarray(images, dtype=str), np.asarray(ids, dtype=str)
+    return np.isin(images, ids) | np.isin(image_stems(images), image_stems(ids))
+
+
+def check_label_values(table: Table, path: str) -> None:
+    """Refuse a labels table whose numbers cannot be ground truth or targets (e.g. hand-edited):
+    ``mean``, ``std``, ``votes``, the RSD and ``p_*`` columns must be finite numbers, the
+    probabilities within [0, 1]. One line naming the file, the row and the image."""
+    from uiaa_cli.errors import at
+
+    names = [n for n in ("votes", "mean", "std") if n in table]
+    names += [n for n in rsd_columns(table) if n in table] + probability_columns(table)
+    for name in names:
+        values = table[name]
+        if not len(values):
+            continue
+        if values.dtype.kind not in "iufb":
+            raise UiaaError(f"column {name!r} is not numeric (a value such as {str(values[0])!r})", where=at(path))
+        values = values.astype(np.float64)
+        probability = name.startswith("p_") or name in rsd_columns(table)
+        with np.errstate(invalid="ignore"):
+            if probability:
+                bad = ~np.isfinite(values) | (values < -1e-12) | (values > 1 + 1e-9)
+            else:  # mean on any scale; votes and std are never negative
+                bad = ~np.isfinite(values) | ((values < 0) if name in ("votes", "std") else False)
+        if bad.any():
+            i = int(np.argmax(bad))
+            image = f"image {table['image'][i]} " if "image" in table else ""
+            what = ("a finite number in [0, 1]" if probability else "a finite number >= 0" if name != "mean"
+                    else "a finite number")
+            raise UiaaError(f"{image}(row {i + 1}): column {name!r} is {values[i]!r}, not {what}", where=at(path))
 
 
 @dataclass

@@ -24,6 +24,11 @@ AVA_FIELDS = 15  # index, image id, c1..c10, tag, tag, challenge
 IMAGE_COLUMN_NAMES = ("image", "image_id", "image_name", "img", "id", "name", "filename", "file")
 TOTAL_COLUMN_NAMES = ("c_total", "total", "votes", "n", "num_votes", "count")
 SCORE_COLUMN_NAMES = ("score", "rating", "vote")
+BOM = b"\xef\xbb\xbf"
+# Vote counts from 2^53 up cannot all be told apart as float64 (and no data set has them): refused,
+# as are AVA fields of more than 18 digits, which would overflow int64.
+MAX_VOTES = 2.0**53
+MAX_DIGITS = 18
 
 
 @dataclass
@@ -72,6 +77,8 @@ def iter_ratings(path: str, source_format: str | None = None, scale: str | None 
     stream = open_binary(path)
     try:
         first = stream.read(chunk_bytes)
+        if first.startswith(BOM):  # UTF-8 byte-order mark (Windows editors): not part of the first line
+            first = first[len(BOM):]
         if not first.strip():
             raise UiaaError("empty input: no ratings", where=at(path))
         table = None
@@ -146,7 +153,7 @@ def detect_format(data: bytes) -> str:
     names = [n.strip().strip('"') for n in re.split(r"[,\t]", header)]
     if any(n in TOTAL_COLUMN_NAMES for n in names) and len(_count_columns(names)) >= 2:
         return "koniq"
-    if len(names) == 2 and names[1] in SCORE_COLUMN_NAMES:
+    if any(n in SCORE_COLUMN_NAMES for n in names) and len(_count_columns(names)) < 2:
         return "long"
     return "counts"
 
@@ -193,6 +200,13 @@ def _parse_ints(data: bytes, buf: np.ndarray, is_space: np.ndarray, starts: np.n
         token_start = starts[np.searchsorted(starts, bad[0], side="right") - 1]
         token = data[token_start:].split(None, 1)[0].decode(errors="replace")
         raise UiaaError(f"not a whole number: {token!r}", where=at(path, int(line_of_byte[bad[0]])))
+    ends = np.flatnonzero(~is_space & np.concatenate((is_space[1:], [True]))) + 1
+    digits = ends - starts - sign_ok[starts]
+    long_token = np.flatnonzero(digits > MAX_DIGITS)
+    if len(long_token):
+        start = starts[long_token[0]]
+        token = data[start:ends[long_token[0]]].decode(errors="replace")
+        raise UiaaError(f"number too large: {token!r}", where=at(path, int(line_of_byte[start])))
     values = np.fromstring(data, dtype=np.int64, sep=" ")
     if len(values) != len(starts):
         raise UiaaError("unreadable numbers", where=at(path))
@@ -263,8 +277,16 @@ def parse_counts(table: Table, path: str, bins: np.ndarray | None, koniq: bool =
         )
     counts = np.stack([_numeric(table, n, path) for n in count_names], axis=1)
     if koniq:
-        total_name = next(n for n in names if n.lower() in TOTAL_COLUMN_NAMES)
+        total_name = next((n for n in names if n.lower() in TOTAL_COLUMN_NAMES), None)
+        if total_name is None:
+            raise UiaaError(f"not a KonIQ-style table: no column of vote totals (expected one of "
+                            f"{', '.join(TOTAL_COLUMN_NAMES)}; has {', '.join(table.names)})", where=at(path, 1))
         total = _numeric(table, total_name, path)
+        bad_total = np.flatnonzero((total != np.round(total)) | (total < 1) | (total > MAX_VOTES))
+        if len(bad_total):
+            i = int(bad_total[0])
+            raise UiaaError(f"column {total_name!r}: {total[i]:g} is not a whole number of votes (1 or more)",
+                            where=at(path, i + 2))
         sums = counts.sum(axis=1)
         off = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
         if len(off):
@@ -286,8 +308,17 @@ def parse_counts(table: Table, path: str, bins: np.ndarray | None, koniq: bool =
 
 
 def parse_long(table: Table, path: str, bins: np.ndarray | None) -> Ratings:
-    """A long table of single votes (``image, score``), aggregated per image in order of first vote."""
-    image_name, score_name = table.names[:2]
+    """A long table of single votes (an image column and a ``score``, ``rating`` or ``vote`` column;
+    others, such as a rater id, are ignored), aggregated per image in order of first vote."""
+    image_name = _image_column(table, path)
+    scores = [n for n in table.names if n.lower() in SCORE_COLUMN_NAMES]
+    others = [n for n in table.names if n != image_name]
+    if len(scores) != 1 and len(others) == 1:  # image plus one column: that column is the score
+        scores = others
+    if len(scores) != 1:
+        raise UiaaError(f"not a long table of votes: expected an image column and one score column named "
+                        f"{', '.join(SCORE_COLUMN_NAMES)} (has {', '.join(table.names)})", where=at(path, 1))
+    score_name = scores[0]
     images = table[image_name].astype(str)
     scores = _numeric(table, score_name, path)
     if bins is None:
@@ -364,6 +395,12 @@ def check_ratings(r: Ratings, path: str, allow_zero_votes: bool, seen: SeenImage
     if len(bad):
         i = int(bad[0])
         raise UiaaError(f"image {r.images[i]}: negative or non-finite vote count", where=at(path, int(r.lines[i])))
+    with np.errstate(over="ignore"):  # a sum that overflows to inf is exactly what is refused here
+        huge = np.flatnonzero(r.counts.sum(axis=1) >= MAX_VOTES)
+    if len(huge):
+        i = int(huge[0])
+        raise UiaaError(f"image {r.images[i]}: vote counts too large (2^53 votes or more)",
+                        where=at(path, int(r.lines[i])))
     if not allow_zero_votes:
         zero = np.flatnonzero(r.counts.sum(axis=1) == 0)
         if len(zero):

@@ -43,6 +43,7 @@ from uiaa_cli.data import CacheSource, Normalise, Source, epoch_batches, flip_ma
 from uiaa_cli.errors import UiaaError, at
 from uiaa_cli.labels import (
     TWO_SET_KINDS,
+    check_label_values,
     probability_columns,
     rsd_columns,
     table_bins,
@@ -213,6 +214,7 @@ def labels_of(table: Table, path: str, bins: np.ndarray | None = None) -> Labels
     if missing or not targets:
         raise UiaaError(f"not a labels table made by 'uiaa labels': no {', '.join(missing or ['p_* target'])} "
                         "column(s)", where=at(path))
+    check_label_values(table, path)
     own_bins = table_bins(table)
     if bins is not None and not np.array_equal(own_bins, bins):
         raise UiaaError(f"its scale {own_bins.tolist()} differs from the training data's {bins.tolist()}",
