@@ -130,7 +130,7 @@ def encode_pixels(pixels: np.ndarray, store: Store) -> bytes:
     buf = io.BytesIO()
     im = Image.fromarray(pixels, "RGB")
     if store.kind == "jpeg":
-        im.save(buf, "JPEG", quality=store.quality, subsampling=0, optimize=False)
+        im.save(buf, "JPEG", quality=store.quality, subsampling=0, optimize=True)
     else:
         im.save(buf, "PNG", compress_level=1)
     return buf.getvalue()
