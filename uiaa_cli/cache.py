@@ -17,8 +17,9 @@ the pixels are kept::
 ``CacheReader.read`` returns uint8 (B, S, S, 3) pixels whatever the store, so nothing else needs to
 know. Why one flat byte array and offsets rather than an HDF5 variable-length dataset: it is written
 into space allocated when the build starts (the property the build's safety rests on, below), while
-each variable-length write changes HDF5's global heap; and it reads 2.5x faster (0.12 against
-0.30 ms per 80 KB image, batches of 32 random images; benchmarks/bench_cache_store.py).
+each variable-length write changes HDF5's global heap; and it reads 2.5-4x faster (0.18 against
+0.79 ms per 75 KB image, batches of 32 random images, on a loaded 2-core VM;
+benchmarks/bench_cache_store.py).
 
 Building (``build_cache``): forked worker processes resolve and decode batches of 16 images into a
 shared-memory ring (pickling 442 KB per image through a pipe cost the writer more CPU than the
@@ -699,7 +700,7 @@ def is_cache(path: str | os.PathLike) -> bool:
         return False
     try:
         with h5py.File(path, "r") as f:
-            return "images" in f or "encoded" in f
+            return "images" in f or "encoded" in f or "pool" in f  # pool: an unfinished jpeg/png build
     except OSError:
         return False
 
