@@ -7,6 +7,7 @@ resizer, and test_images.py checks that the two agree within one grey level.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -66,14 +67,21 @@ def run_command(*args: str, env: dict | None = None) -> subprocess.CompletedProc
                           env={**os.environ, **PILLOW, **(env or {})}, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    """40 good images and their cache, built in-process."""
-    tmp = tmp_path_factory.mktemp("small")
+@pytest.fixture(scope="module", params=["raw", "jpeg"])
+def small(request, tmp_path_factory):
+    """40 good images and their cache, built in-process, for each store."""
+    tmp = tmp_path_factory.mktemp(f"small_{request.param}")
     names = make_images(tmp / "img", 40)
     labels = write_labels(tmp / "img" / "labels.csv", names)
-    report = build_cache(labels, None, tmp / "c.h5", size=SIZE, workers=2, progress=False)
+    report = build_cache(labels, None, tmp / "c.h5", size=SIZE, workers=2, progress=False, store=request.param)
     return tmp, names, report
+
+
+def jpeg_round_trip(pixels: np.ndarray, quality: int = 95) -> np.ndarray:
+    """What a JPEG at ``quality`` without chroma subsampling gives back, by Pillow directly."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=quality, subsampling=0)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
 # ----------------------------------------------------------------------------- building
@@ -83,11 +91,14 @@ def test_cache_equals_decoding_directly(small):
     tmp, names, report = small
     assert (report.total, report.stored, report.skipped) == (40, 40, [])
     with CacheReader(tmp / "c.h5") as cache:
-        assert len(cache) == 40 and cache.size == SIZE
+        assert len(cache) == 40 and cache.size == SIZE and report.store == str(cache.store)
         pixels = cache.read(np.arange(40))
         for i, name in enumerate(names):
             ext = "png" if i % 3 == 0 else "jpg"
-            np.testing.assert_array_equal(pixels[i], decode_image(tmp / "img" / f"{name}.{ext}", SIZE))
+            direct = decode_image(tmp / "img" / f"{name}.{ext}", SIZE)
+            if cache.store.kind == "jpeg":
+                direct = jpeg_round_trip(direct)
+            np.testing.assert_array_equal(pixels[i], direct)
         labels = read_table(tmp / "img" / "labels.csv")
         for column in labels.names:
             np.testing.assert_array_equal(cache.table[column], labels[column])
@@ -104,16 +115,28 @@ def test_progress_bar_on_request(tmp_path, capfd):
 
 
 def test_cache_layout(small):
-    tmp, _, _ = small
+    tmp, _, report = small
     with h5py.File(tmp / "c.h5", "r") as f:
-        ds = f["images"]
-        assert ds.shape == (40, SIZE, SIZE, 3) and ds.dtype == np.uint8
-        assert ds.chunks == (1, SIZE, SIZE, 3) and ds.compression is None
+        if report.store == "raw":
+            ds = f["images"]
+            assert ds.shape == (40, SIZE, SIZE, 3) and ds.dtype == np.uint8
+            assert ds.chunks == (1, SIZE, SIZE, 3) and ds.compression is None
+            assert set(f) == {"images", "table", "skipped"}  # the build's working datasets are gone
+        else:
+            encoded, offsets = f["encoded"][()], f["offsets"][()]
+            assert encoded.dtype == np.uint8 and f["encoded"].chunks is None and offsets.shape == (41,)
+            assert offsets[0] == 0 and offsets[-1] == len(encoded) and np.all(np.diff(offsets) > 0)
+            assert f.attrs["store"] == "jpeg" and f.attrs["quality"] == 95
+            for i in (0, 17, 39):  # each image is a complete JPEG file of SIZE x SIZE RGB pixels
+                one = encoded[offsets[i]:offsets[i + 1]].tobytes()
+                assert one[:2] == b"\xff\xd8" and one[-2:] == b"\xff\xd9"
+                with Image.open(io.BytesIO(one)) as im:
+                    assert im.format == "JPEG" and im.size == (SIZE, SIZE) and im.mode == "RGB"
+            assert set(f) == {"encoded", "offsets", "table", "skipped"}
         assert f.attrs["complete"] and f.attrs["size"] == SIZE
         np.testing.assert_allclose(f.attrs["mean"], [0.485, 0.456, 0.406])
         np.testing.assert_allclose(f.attrs["std"], [0.229, 0.224, 0.225])
-        assert set(f) == {"images", "table", "skipped"}  # the build's working datasets are gone
-    assert not partial_path(tmp / "c.h5").exists()
+    assert not partial_path(tmp / "c.h5").exists() and not Path(f"{tmp / 'c.h5'}.compacting").exists()
     assert len(read_table(tmp / "c.h5")) == 40  # any table reader reads a cache's labels
 
 
@@ -122,8 +145,8 @@ def test_bad_images_are_skipped_with_one_line_each(tmp_path, monkeypatch):
     bad = add_bad_images(tmp_path / "img")
     labels = write_labels(tmp_path / "img" / "labels.csv", names[:3] + bad + names[3:])
     out = tmp_path / "c.h5"
-    run = run_command("cache", str(labels), "-o", str(out), "--size", str(SIZE), "--workers", "2",
-               env={"UIAA_RESIZE": ""})
+    run = run_command("cache", str(labels), "-o", str(out), "--size", str(SIZE), "--workers", "2", "--store", "raw",
+                      env={"UIAA_RESIZE": ""})
     assert run.returncode == 1, run.stderr
     skipped_lines = [line for line in run.stderr.splitlines() if line.startswith("uiaa cache: skipped ")]
     assert len(skipped_lines) == len(bad), run.stderr
@@ -242,7 +265,24 @@ def read_log(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def test_kill_then_resume_equals_an_uninterrupted_build(tmp_path):
+def h5_contents(path: Path) -> dict[str, object]:
+    """Every dataset's bytes and every attribute of an HDF5 file, by name."""
+    found: dict[str, object] = {}
+    with h5py.File(path, "r") as f:
+        def visit(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Dataset):
+                found[name] = (obj.dtype.str, obj.shape, obj[()].tobytes() if obj.dtype.kind != "O"
+                               else [bytes(v) if isinstance(v, bytes) else v for v in obj[()].tolist()])
+            for key, value in obj.attrs.items():
+                found[f"{name}@{key}"] = np.asarray(value).tolist()
+
+        visit("", f)
+        f.visititems(visit)
+    return found
+
+
+@pytest.mark.parametrize("store", ["raw", "jpeg", "png"])
+def test_kill_then_resume_equals_an_uninterrupted_build(tmp_path, store):
     n = 300
     names = make_images(tmp_path / "img", n)
     (tmp_path / "img" / "bad.jpg").write_text("not a picture")
@@ -250,7 +290,8 @@ def test_kill_then_resume_equals_an_uninterrupted_build(tmp_path):
     labels = write_labels(tmp_path / "labels.csv", names)
     wrapper = tmp_path / "counted_uiaa.py"
     wrapper.write_text(WRAPPER)
-    args = ["cache", str(labels), "--images", str(tmp_path / "img"), "--size", str(SIZE), "--workers", "1"]
+    args = ["cache", str(labels), "--images", str(tmp_path / "img"), "--size", str(SIZE), "--workers", "1",
+            "--store", store]
 
     reference = run_command(*args, "-o", str(tmp_path / "ref.h5"))
     assert reference.returncode == 1, reference.stderr
@@ -293,6 +334,12 @@ def test_kill_then_resume_equals_an_uninterrupted_build(tmp_path):
         for column in ref.table.names:
             np.testing.assert_array_equal(got.table[column], ref.table[column])
         assert got.skipped == ref.skipped == [("bad", "not an image (or a format Pillow cannot read)")]
+        assert str(got.store) == {"jpeg": "jpeg:95"}.get(store, store)
+    # Byte for byte: every dataset and attribute (a build records no time or process of its own).
+    reference, resumed_contents = h5_contents(tmp_path / "ref.h5"), h5_contents(out)
+    assert reference.keys() == resumed_contents.keys()
+    for key in reference:
+        assert reference[key] == resumed_contents[key], key
 
 
 def test_ctrl_c_keeps_the_partial_build(tmp_path):
@@ -356,6 +403,8 @@ def test_resume_of_a_finished_cache_redoes_nothing(tmp_path):
     run = run_command("cache", str(labels), "--images", str(tmp_path / "img"), "-o", str(out), "--size", str(SIZE),
                       "--resume")
     assert run.returncode == 0 and "already complete" in run.stderr and "nothing to do" in run.stderr, run.stderr
+    other_store = build_cache(labels, out_path=out, resume=True, store="raw", **kw)  # pixels kept otherwise
+    assert not other_store.complete_already and other_store.decoded == 5 and CacheReader(out).store.kind == "raw"
     # New targets for the same images: the cache must carry them, so it is built again.
     labels.write_text(labels.read_text().replace(",0.5,", ",9.5,"))
     changed = build_cache(labels, out_path=out, resume=True, **kw)
@@ -376,12 +425,16 @@ def test_resume_refuses_a_different_build(tmp_path):
         build_cache(labels, None, out, size=SIZE, resume=True, progress=False)
     partial.unlink()
     # A real partial build of size 16 cannot be resumed at another size.
-    from uiaa_cli.cache import _fingerprint, _PartialCache
+    from uiaa_cli.cache import _fingerprint, _PartialCache, parse_store
 
-    _PartialCache.create(partial, 3, 16, _fingerprint(np.array(names), 16, os.path.realpath(labels.parent))).close()
-    with pytest.raises(UiaaError, match="other labels, images or --size"):
+    jpeg = parse_store("jpeg")
+    _PartialCache.create(partial, 3, 16, _fingerprint(np.array(names), 16, os.path.realpath(labels.parent), jpeg),
+                         jpeg).close()
+    with pytest.raises(UiaaError, match="other labels, images, --size or --store"):
         build_cache(labels, None, out, size=SIZE, resume=True, progress=False)
-    report = build_cache(labels, None, out, size=16, resume=True, progress=False)
+    with pytest.raises(UiaaError, match="other labels, images, --size or --store"):  # a jpeg build is not raw
+        build_cache(labels, None, out, size=16, resume=True, progress=False, store="raw")
+    report = build_cache(labels, None, out, size=16, resume=True, progress=False, store="jpeg:95")
     assert report.stored == 3 and report.carried == 0 and out.exists() and not partial.exists()
 
 

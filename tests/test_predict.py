@@ -122,7 +122,7 @@ def test_outputs_are_read_by_evaluate_and_a_cache_gives_the_same_scores(setup, u
         assert b'"images": 12' in evaluated.stdout
     np.testing.assert_array_equal(read_table(out["csv"])["score"], read_table(out["h5"])["score"])
 
-    made = uiaa("cache", labels, "--images", photos, "--size", SIZE, "-o", tmp_path / "c.h5")
+    made = uiaa("cache", labels, "--images", photos, "--size", SIZE, "-o", tmp_path / "c.h5", "--store", "raw")
     assert made.returncode == 0, made.stderr
     from_cache = uiaa("predict", tmp_path / "c.h5", "-m", setup["m10"])
     assert from_cache.returncode == 0, from_cache.stderr

@@ -207,7 +207,7 @@ def test_sigint_saves_a_resumable_checkpoint(small: Path, whole_run: Path, tmp_p
 
 def test_a_cache_trains_exactly_like_its_labels_table(small: Path, whole_run: Path, tmp_path: Path) -> None:
     cache = tmp_path / "small.h5"
-    done = run_uiaa("cache", small, "-o", cache, "--size", "32", "--workers", "1")
+    done = run_uiaa("cache", small, "-o", cache, "--size", "32", "--workers", "1", "--store", "raw")
     assert done.returncode == 0, done.stderr
     trained = train(cache, *RESUME_ARGS, "--out", tmp_path / "run")
     assert trained.returncode == 0, trained.stderr

@@ -103,25 +103,56 @@ class ArraySource(Source):
 
 
 class CacheSource(Source):
-    """A ``uiaa cache`` file: batches read as uint8 by a background thread, ahead of the model."""
+    """A ``uiaa cache`` file: uint8 batches read ahead of the model.
 
-    def __init__(self, path: str, pin_memory: bool = False) -> None:
+    Raw pixels are read by a background thread (HDF5 reads release the GIL; a process would only
+    add a copy). Encoded images (``--store jpeg/png``) are decoded by ``workers`` DataLoader
+    processes, a whole batch per task, so decoding overlaps the model's step instead of adding to it.
+    (torchvision's ``decode_jpeg`` on CPU gave the same pixels at the same speed as Pillow, which
+    ``CacheReader`` already uses; ``decode_jpeg(device="cuda")`` is left to measure on a GPU.)
+    """
+
+    def __init__(self, path: str, pin_memory: bool = False, workers: int = 0) -> None:
         from uiaa_cli.cache import CacheReader
 
         self.reader = CacheReader(path)
         self.reader.__enter__()
         self.table, self.size = self.reader.table, int(self.reader.size)
         self.pin_memory = pin_memory
+        self.workers = workers
 
     def read(self, rows: np.ndarray) -> tuple[Tensor, np.ndarray]:
         pixels = torch.from_numpy(np.ascontiguousarray(self.reader.read(rows)))
         return (pixels.pin_memory() if self.pin_memory else pixels), rows
 
     def batches(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[Tensor, np.ndarray]]:
-        return prefetch(self.read(rows) for rows in batches)
+        if not self.reader.store.encoded or not self.workers:
+            return prefetch(self.read(rows) for rows in batches)
+        return self.decoded(list(batches))
+
+    def decoded(self, batches: list[np.ndarray]) -> Iterator[tuple[Tensor, np.ndarray]]:
+        loader = torch.utils.data.DataLoader(
+            CachedBatches(self.reader), sampler=batches, batch_size=None, num_workers=self.workers,
+            pin_memory=self.pin_memory, prefetch_factor=2,
+            generator=torch.Generator().manual_seed(0),  # not the global RNG (see TableSource)
+        )
+        yield from zip(loader, batches, strict=True)
 
     def close(self) -> None:
         self.reader.__exit__(None, None, None)
+
+
+class CachedBatches(torch.utils.data.Dataset):
+    """Item ``rows`` (an array of indices) is those images of a cache, decoded: uint8 ``(B, S, S, 3)``."""
+
+    def __init__(self, reader: object) -> None:
+        self.reader = reader  # a CacheReader: it reopens the file in each worker process
+
+    def __len__(self) -> int:
+        return len(self.reader)  # type: ignore[arg-type]
+
+    def __getitem__(self, rows: np.ndarray) -> Tensor:
+        return torch.from_numpy(self.reader.read(rows))  # type: ignore[attr-defined]
 
 
 class DecodedImages(torch.utils.data.Dataset):
@@ -185,7 +216,7 @@ def open_source(path: str, *, images: str | None, size: int | None, workers: int
     from uiaa_cli.errors import UiaaError, at
 
     if is_cache(path):
-        source = CacheSource(path, pin_memory)
+        source = CacheSource(path, pin_memory, workers)
         if size is not None and size != source.size:
             source.close()
             raise UiaaError(f"the cache holds {source.size} px images, not --size {size}: omit --size or "
