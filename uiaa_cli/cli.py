@@ -224,7 +224,7 @@ def evaluate(
         if predictions == "-" and labels_file == "-":
             raise UiaaError("only one of the two tables can come from stdin")
         preds, labs = read_table(predictions), read_table(labels_file)
-        result = evaluation.evaluate_tables(preds, labs, threshold)
+        result = evaluation.evaluate_tables(preds, labs, threshold, pred_name=predictions, label_name=labels_file)
         text = (evaluation.as_json if as_json else evaluation.as_csv if as_csv else evaluation.as_text)(result)
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -233,7 +233,7 @@ def evaluate(
                 shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
                 say(f"uiaa evaluate: {len(names):,} {what} rows had no match ({shown})")
         say(f"uiaa evaluate: {result.joined:,} images joined")
-        for note in result.notes:
+        for note in result.notes:  # the reasons for n/a are in the table itself
             say(f"uiaa evaluate: {note}")
         if plot is not None:
             from uiaa_cli.plot import scatter_png

@@ -673,12 +673,12 @@ class Trainer:
             result["val_loss"] = float(self.loss_fn(out_t, torch.from_numpy(lab.targets[rows])))
         probs = activate(out_t, self.activation).numpy().astype(np.float64)
         score, std = metrics.predicted_score(probs, self.bins)
-        # KL/EMD compare distributions: only for softmax outputs (linear outputs need not sum to 1).
-        softmax = self.activation == "softmax"
+        # The rules of 'uiaa evaluate' (metrics.assess): no distribution metric from a linear head, no
+        # MSE from a binary model's score.
         result.update(metrics.evaluate(
-            score, lab.mean[rows], lab.threshold, std=std,
-            true_std=None if lab.std is None else lab.std[rows],
-            probs=probs if softmax else None, rsd=None if lab.rsd is None else lab.rsd[rows]))
+            score, lab.mean[rows], lab.threshold, kind=self.kind, activation=self.activation, probs=probs,
+            std=std, true_std=None if lab.std is None else lab.std[rows],
+            rsd=None if lab.rsd is None else lab.rsd[rows]))
         return result
 
     def close(self) -> None:
