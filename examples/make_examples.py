@@ -42,7 +42,7 @@ SKEW_AT_MEAN = 0.25        # latent skewness of an image's rater noise at the AV
 SKEW_SLOPE = -0.035        # ... change per unit of mean (AVA's high-scored images lean left)
 SKEW_SPREAD = 0.27         # ... image-to-image sd of that skewness (what AVA shows beyond sampling)
 NOISE_SD = 1.43            # rater noise sd of an image of average clutter
-NOISE_SD_BY_CLUTTER = 0.65  # ... from 1.43 - 0.325 (a clean scene) to 1.43 + 0.325 (a busy one)
+NOISE_SD_BY_CLUTTER = 1.0  # ... from 1.43 - 0.5 (a clean scene) to 1.43 + 0.5 (a busy one)
 MEAN_VOTE = 5.38
 
 

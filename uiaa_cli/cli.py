@@ -352,6 +352,13 @@ class Loss(str, Enum):
     emd = "emd"
 
 
+class Select(str, Enum):  # training.SELECT_RULES
+    srcc = "srcc"
+    smooth = "smooth"
+    loss = "loss"
+    last = "last"
+
+
 @app.command(epilog="""Examples:
 
   uiaa train ava.h5 --device cuda:0            # from a cache (fast)
@@ -366,8 +373,8 @@ class Loss(str, Enum):
 
   torchrun --nproc_per_node=4 -m uiaa_cli train ava.h5    # DDP, 4 GPUs
 
-Writes metrics.csv, last.pt (resumable) and best.pt (highest validation SRCC) in --out, and points
-runs/latest at the newest run; 'uiaa predict' finds it there.
+Writes metrics.csv, last.pt (resumable) and best.pt (the epoch --select picks) in --out, and points
+runs/latest at the newest run; 'uiaa predict' finds it there. The summary shows both checkpoints.
 """)
 def train(
     data: Annotated[Optional[str], typer.Argument(help="A labels table (images decoded on the fly from "
@@ -402,6 +409,9 @@ def train(
     out: Annotated[Optional[str], typer.Option(help="Run folder (default runs/<arch>-<kind>-<loss>-<time>).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this folder with its own settings "
                                                        "(only data paths, --device, --workers apply).")] = None,
+    select: Annotated[Select, typer.Option(help="Which epoch best.pt holds: srcc (highest validation SRCC), "
+                                             "smooth (SRCC averaged over 3 epochs), loss (lowest validation "
+                                             "loss) or last.")] = Select.srcc,
     progress: Progress = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -415,7 +425,7 @@ def train(
             data=data, images=images, arch=arch, loss=loss.value, epochs=epochs, lr=parse_lr(lr) if lr else None,
             batch_size=batch_size, momentum=momentum, weight_decay=weight_decay, size=size, weights=weights,
             val=val, val_frac=val_frac, device=device, workers=workers, seed=seed, out=out, resume=resume,
-            progress=progress, quiet=quiet)
+            progress=progress, quiet=quiet, select=select.value)
         try:
             folder = run_training(settings)
         except Interrupted as e:
