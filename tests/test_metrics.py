@@ -129,7 +129,7 @@ def test_evaluate_without_distribution_shows_not_applicable(uiaa, tmp_path):
     c = uiaa("evaluate", tmp_path / "preds.csv", tmp_path / "labels.csv", "--csv")
     record = next(csv.DictReader(io.StringIO(c.stdout.decode())))
     assert record["kl"] == "n/a" and record["images"] == str(len(labels))
-    assert "kl: the predictions have no distribution" in record["not_applicable"]
+    assert "kl emd: the predictions have no distribution" in record["not_applicable"]
 
 
 def test_empty_std_of_a_two_set_model_is_not_applicable(uiaa, tmp_path):

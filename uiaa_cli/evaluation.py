@@ -134,8 +134,8 @@ def join_tables(predictions: Table, labels: Table, pred_name: str,
             spi, sli = join(pred_stems, label_stems)
             if len(spi) > len(pi):
                 pi, li = spi, sli
-                notes.append(f"joined on file names without folder and extension ({pred_images[pi[0]]!r} "
-                             f"is {label_images[li[0]]!r})")
+                notes.append(f"joined on file names without folder and extension ({str(pred_images[pi[0]])!r} "
+                             f"is {str(label_images[li[0]])!r})")
     if not len(pi):
         raise UiaaError(f"no image of the predictions is in the labels table {label_name}, not even by file "
                         f"name without folder and extension: the predictions name images like "
@@ -211,8 +211,11 @@ def as_json(result: Evaluation) -> str:
 
 def as_csv(result: Evaluation) -> str:
     """One row: images, every metric (``n/a`` where it does not apply, which pandas reads as NaN), and
-    ``not_applicable``: ``metric: reason`` for each of them, separated by ``; ``."""
+    ``not_applicable``: ``metric metric: reason`` for each reason, separated by ``; ``."""
     values = ["n/a" if v is None else repr(float(v)) for v in result.metrics.values()]
-    reasons = "; ".join(f"{k}: {why}" for k, why in result.reasons.items()).replace('"', "'")
+    grouped: dict[str, list[str]] = {}
+    for name, why in result.reasons.items():
+        grouped.setdefault(why, []).append(name)
+    reasons = "; ".join(f"{' '.join(names)}: {why}" for why, names in grouped.items()).replace('"', "'")
     return ("images," + ",".join(metrics.METRICS) + ",not_applicable\n"
             + f"{result.joined}," + ",".join(values) + f',"{reasons}"\n')
