@@ -97,7 +97,7 @@ def main() -> None:
             picks = {rule: best_epoch(history, rule) for rule in SELECT_RULES}
             picks["hindsight"] = int(np.nanargmax([h["test"]["srcc"] or np.nan for h in history]))
             results.append({"kind": kind, "loss": loss, "seed": seed,
-                            **{rule: (history[i]["epoch"], history[i]["test"]) for rule, i in picks.items()}})
+                            "picks": {rule: (history[i]["epoch"], history[i]["test"]) for rule, i in picks.items()}})
     rules = [*SELECT_RULES, "hindsight"]
 
     def cell(epoch: int, found: dict) -> str:
@@ -105,13 +105,14 @@ def main() -> None:
         return f"e{epoch} {found['srcc']:.3f} / {mse}"
 
     def mean(rule: str, what: str) -> float:
-        return float(np.nanmean([np.nan if r[rule][1][what] is None else r[rule][1][what] for r in results]))
+        return float(np.nanmean([np.nan if r["picks"][rule][1][what] is None else r["picks"][rule][1][what]
+                                 for r in results]))
 
     print(f"\nheld-out SRCC / MSE of the epoch each rule picks ({args.epochs} epochs, {args.size} px, "
           f"resnet18 from scratch):")
     print(f"{'kind':<9}{'loss':<5}{'seed':>4}  " + "".join(f"{r:>20}" for r in rules))
     for r in results:
-        print(f"{r['kind']:<9}{r['loss']:<5}{r['seed']:>4}  " + "".join(f"{cell(*r[k]):>20}" for k in rules))
+        print(f"{r['kind']:<9}{r['loss']:<5}{r['seed']:>4}  " + "".join(f"{cell(*r['picks'][k]):>20}" for k in rules))
     for what in ("srcc", "mse"):
         print(f"{'mean ' + what:<20}" + "".join(f"{mean(k, what):>20.3f}" for k in rules))
 

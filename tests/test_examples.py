@@ -114,7 +114,7 @@ def test_demo_runs_end_to_end(tmp_path):
     """The demo's pipeline (every real command) on a tiny version of the data; the bar is off here."""
     result = subprocess.run([sys.executable, REPO / "examples" / "demo.py", "--out", tmp_path / "demo", "-n", "64",
                              "--epochs", "1", "--size", "32", "--bar", "-2", "--std-bar", "-2"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     for expected in ("$ uiaa labels", "$ uiaa cache", "$ uiaa train", "$ uiaa predict", "$ uiaa evaluate",
                      "SRCC", "Best and worst", "Held-out SRCC"):

@@ -409,9 +409,10 @@ def train(
     out: Annotated[Optional[str], typer.Option(help="Run folder (default runs/<arch>-<kind>-<loss>-<time>).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this folder with its own settings "
                                                        "(only data paths, --device, --workers apply).")] = None,
-    select: Annotated[Select, typer.Option(help="Which epoch best.pt holds: srcc (highest validation SRCC), "
-                                             "smooth (SRCC averaged over 3 epochs), loss (lowest validation "
-                                             "loss) or last.")] = Select.srcc,
+    select: Annotated[Select, typer.Option(help="Which epoch best.pt holds: last (default: measured best on "
+                                                "held-out data, see README), loss (lowest validation loss), srcc "
+                                                "(highest validation SRCC) or smooth (SRCC averaged over 3 "
+                                                "epochs).")] = Select.last,
     progress: Progress = None,
     quiet: Quiet = False,
     debug: Debug = False,
