@@ -309,7 +309,7 @@ def evaluate(
             plot_format(plot)
         preds, labs = read_table(predictions), read_table(labels_file)
         check_label_values(labs, labels_file)
-        result = evaluation.evaluate_tables(preds, labs, threshold)
+        result = evaluation.evaluate_tables(preds, labs, threshold, pred_name=predictions, label_name=labels_file)
         text = (evaluation.as_json if as_json else evaluation.as_csv if as_csv else evaluation.as_text)(result)
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -318,7 +318,7 @@ def evaluate(
                 shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
                 say(f"uiaa evaluate: {len(names):,} {what} rows had no match ({shown})")
         say(f"uiaa evaluate: {result.joined:,} images joined")
-        for note in result.notes:
+        for note in result.notes:  # the reasons for n/a are in the table itself
             say(f"uiaa evaluate: {note}")
         if plot is not None:
             from uiaa_cli.plot import scatter_png
@@ -487,6 +487,13 @@ class Loss(str, Enum):
     emd = "emd"
 
 
+class Select(str, Enum):  # training.SELECT_RULES
+    srcc = "srcc"
+    smooth = "smooth"
+    loss = "loss"
+    last = "last"
+
+
 @app.command(epilog="""Examples:
 
   uiaa train ava.h5 --device cuda:0            # from a cache (fast)
@@ -501,9 +508,10 @@ class Loss(str, Enum):
 
   torchrun --nproc_per_node=4 -m uiaa_cli train ava.h5    # DDP, 4 GPUs
 
-Writes metrics.csv, last.pt (resumable) and best.pt (highest validation SRCC) in --out, and points
+Writes metrics.csv, last.pt (resumable) and best.pt (the epoch --select picks) in --out, and points
 'latest' beside it (runs/latest by default) at the newest run; 'uiaa predict' finds runs/latest.
-One run at a time writes a folder: a second run on the same --out stops with an error.
+The summary shows both checkpoints. One run at a time writes a folder: a second run on the same
+--out stops with an error.
 """)
 def train(
     data: Annotated[Optional[str], typer.Argument(help="A labels table (images decoded on the fly from "
@@ -541,6 +549,10 @@ def train(
     out: Annotated[Optional[str], typer.Option(help="Run folder (default runs/<arch>-<kind>-<loss>-<time>).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this folder with its own settings "
                                                        "(only data paths, --device, --workers apply).")] = None,
+    select: Annotated[Select, typer.Option(help="Which epoch best.pt holds: last (default: measured best on "
+                                                "held-out data, see README), loss (lowest validation loss), srcc "
+                                                "(highest validation SRCC) or smooth (SRCC averaged over 3 "
+                                                "epochs).")] = Select.last,
     progress: Progress = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -554,7 +566,7 @@ def train(
             data=data, images=images, arch=arch, loss=loss.value, epochs=epochs, lr=parse_lr(lr) if lr else None,
             batch_size=batch_size, momentum=momentum, weight_decay=weight_decay, size=size, weights=weights,
             val=val, val_frac=val_frac, device=device, workers=workers, seed=seed, out=out, resume=resume,
-            progress=progress, quiet=quiet)
+            progress=progress, quiet=quiet, select=select.value)
         try:
             folder = run_training(settings)
         except Interrupted as e:
