@@ -362,6 +362,8 @@ class Loss(str, Enum):
 
   uiaa train small.csv --arch resnet18 --weights none --size 64 --device cpu
 
+  uiaa train ava.h5 --kind rsd                 # one cache, any kind: targets from its votes
+
   uiaa train --resume runs/mine                # after Ctrl-C
 
   torchrun --nproc_per_node=4 -m uiaa_cli train ava.h5    # DDP, 4 GPUs
@@ -402,6 +404,18 @@ def train(
     out: Annotated[Optional[str], typer.Option(help="Run folder (default runs/<arch>-<kind>-<loss>-<time>).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this folder with its own settings "
                                                        "(only data paths, --device, --workers apply).")] = None,
+    kind: Annotated[Optional[Kind], typer.Option(help="Derive the targets from DATA's vote columns, as 'uiaa "
+                                                      "labels --kind' would (default: DATA's own targets). "
+                                                      "Images binary --delta leaves out do not train; "
+                                                      "validation still scores them.")] = None,
+    lam: Annotated[float, typer.Option(help="With --kind gauss-mv: var_z = min((1 - lam) var, cap).")] = 0.5,
+    cap: Annotated[float, typer.Option(help="With --kind gauss-mv: the largest variance allowed.")] = 1.5,
+    divisor: Annotated[Divisor, typer.Option(help="With a Gaussian --kind: 2var or var (the authors' "
+                                                  "code).")] = Divisor.two_var,
+    threshold: Annotated[Optional[float], typer.Option(help="With --kind binary: the threshold (default "
+                                                             "b_ceil(M/2)); also accuracy's.")] = None,
+    delta: Annotated[float, typer.Option(help="With --kind binary: leave out images with |mean - threshold| "
+                                              "< delta from training.")] = 0.0,
     progress: Progress = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -415,7 +429,8 @@ def train(
             data=data, images=images, arch=arch, loss=loss.value, epochs=epochs, lr=parse_lr(lr) if lr else None,
             batch_size=batch_size, momentum=momentum, weight_decay=weight_decay, size=size, weights=weights,
             val=val, val_frac=val_frac, device=device, workers=workers, seed=seed, out=out, resume=resume,
-            progress=progress, quiet=quiet)
+            progress=progress, quiet=quiet, kind=kind.value if kind else None, lam=lam, cap=cap,
+            divisor=divisor.value, threshold=threshold, delta=delta)
         try:
             folder = run_training(settings)
         except Interrupted as e:
