@@ -7,15 +7,16 @@ Writes into OUT:
     images/<id>.jpg   96 x 96 JPEGs (quality 90)
     AVA.txt           index id c1..c10 tag tag challenge   (the format of AVA's AVA.txt)
     test.jpgl         the held-out image ids, one per line  (like AVA's generic_test.jpgl)
-    ideal.csv         image, ideal, colour, contrast, sharpness, placement  (the hidden truth)
+    ideal.csv         image, ideal, colour, contrast, sharpness, placement, clutter  (the hidden truth)
 
-How it is made (see examples/README.md): every image is a random scene (a gradient sky, a few
-shapes, a main subject) rendered with four visible properties drawn at random: colourfulness,
-contrast, sharpness (Gaussian blur) and composition (where the subject sits). The image's *ideal*
-score is a fixed function of these properties plus a little taste that no pixel shows. As in the
-unified formulation's model of raters, every vote is the ideal score plus one rater's noise, rounded
-to the nearest integer and clipped to 1..10; each image gets 100-200 votes with an image-specific
-rater disagreement. Everything comes from one seeded generator, so the output is the same on every run.
+How it is made (see examples/README.md): every image is a random scene (a gradient sky, clutter,
+a main subject) rendered with five visible properties drawn at random: colourfulness, contrast,
+sharpness (Gaussian blur), composition (where the subject sits) and clutter. The image's *ideal*
+score is a fixed function of the first four plus a little taste that no pixel shows. Every vote is
+the ideal score plus one rater's noise, rounded to the nearest integer and clipped to 1..10; the
+noise is skewed, with AVA's skewness for the image's mean, and its sd is set by the clutter: busy
+scenes divide raters. 120-320 votes per image. Everything comes from one seeded generator, so the
+output is the same on every run.
 """
 
 from __future__ import annotations
@@ -28,6 +29,21 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 SIZE = 96
 FIRST_ID = 100001  # AVA-like numeric ids
+PROPERTIES = ("colour", "contrast", "sharpness", "placement", "clutter")
+
+
+# The vote model: measured on 19,987 real AVA images (../shared/data/AVA_sample.txt, lines 11-20000 of
+# AVA.txt) with examples/vote_statistics.py, then tuned by simulation until this generator's votes
+# give the same statistics (AVA -> ours on 20,000 images: mean |skewness| 0.281 -> 0.27, sd of the
+# image means 0.732 -> 0.75, mean vote std 1.438 -> 1.44, sd of the vote std 0.197 -> 0.19, mean
+# skewness 0.206 -> 0.20, skewness falling with the mean, slope -0.083 -> -0.09). Only these
+# constants are shipped; no AVA histogram is.
+SKEW_AT_MEAN = 0.25        # latent skewness of an image's rater noise at the AVA mean vote (5.38)
+SKEW_SLOPE = -0.035        # ... change per unit of mean (AVA's high-scored images lean left)
+SKEW_SPREAD = 0.27         # ... image-to-image sd of that skewness (what AVA shows beyond sampling)
+NOISE_SD = 1.43            # rater noise sd of an image of average clutter
+NOISE_SD_BY_CLUTTER = 1.0  # ... from 1.43 - 0.5 (a clean scene) to 1.43 + 0.5 (a busy one)
+MEAN_VOTE = 5.38
 
 
 def properties(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
@@ -36,15 +52,16 @@ def properties(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     contrast = rng.uniform(0, 1, n)    # 0: washed out, 1: full range
     sharpness = rng.uniform(0, 1, n)   # 0: blurred (radius 2.4 px), 1: sharp
     placement = rng.uniform(0, 1, n)   # 0: subject at the border, 1: on a third
-    taste = rng.normal(0, 0.35, n)     # what raters like that no pixel shows: caps the best SRCC
-    ideal = 1.6 + 2.4 * colour + 2.0 * contrast + 1.6 * sharpness + 0.8 * placement + taste
+    clutter = rng.uniform(0, 1, n)     # 0: a clean scene, 1: a busy one (raters disagree; not the score)
+    taste = rng.normal(0, 0.3, n)      # what raters like that no pixel shows: caps the best SRCC
+    ideal = 3.1 + 1.6 * colour + 1.3 * contrast + 1.05 * sharpness + 0.55 * placement + taste
     return {"colour": colour, "contrast": contrast, "sharpness": sharpness, "placement": placement,
-            "ideal": np.clip(ideal, 1.0, 10.0)}
+            "clutter": clutter, "ideal": np.clip(ideal, 1.0, 10.0)}
 
 
 def render(rng: np.random.Generator, colour: float, contrast: float, sharpness: float,
-           placement: float) -> Image.Image:
-    """One scene: sky gradient, ground, a few shapes and a subject, then the four properties applied."""
+           placement: float, clutter: float) -> Image.Image:
+    """One scene: sky gradient, ground, clutter and a subject, then the properties applied."""
     top, bottom = rng.uniform(40, 255, 3), rng.uniform(0, 200, 3)
     t = np.linspace(0, 1, SIZE)[:, None, None]
     sky = (top * (1 - t) + bottom * t) * np.ones((1, SIZE, 1))
@@ -52,8 +69,8 @@ def render(rng: np.random.Generator, colour: float, contrast: float, sharpness: 
     draw = ImageDraw.Draw(image)
     horizon = int(rng.uniform(0.55, 0.8) * SIZE)
     draw.rectangle([0, horizon, SIZE, SIZE], fill=tuple(int(v) for v in rng.uniform(0, 160, 3)))
-    for _ in range(int(rng.integers(2, 6))):  # clutter
-        x, y, r = rng.uniform(0, SIZE), rng.uniform(0, SIZE), rng.uniform(3, 10)
+    for _ in range(int(round(24 * clutter))):  # clutter: none in a clean scene, 24 small squares in a busy one
+        x, y, r = rng.uniform(0, SIZE), rng.uniform(0, SIZE), rng.uniform(3, 8)
         draw.rectangle([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.uniform(0, 255, 3)))
     # The subject: on a third of the frame when placement is 1, pushed towards a border when 0.
     third = SIZE / 3 * rng.choice([1, 2], 2)
@@ -67,35 +84,60 @@ def render(rng: np.random.Generator, colour: float, contrast: float, sharpness: 
     return image.filter(ImageFilter.GaussianBlur(float(2.4 * (1 - sharpness))))
 
 
-def votes(rng: np.random.Generator, ideal: np.ndarray) -> np.ndarray:
-    """Counts ``(N, 10)``: each vote = ideal + rater noise, rounded and clipped to 1..10."""
-    n_votes = rng.integers(100, 201, len(ideal))
-    spread = rng.uniform(1.0, 1.8, len(ideal))  # how much this image's raters disagree
+# Skew-normal noise with a given skewness: skewness as a function of the shape's delta, inverted by table.
+_DELTA = np.linspace(0.0, 0.9995, 4001)
+_SKEWNESS = (4 - np.pi) / 2 * (_DELTA * np.sqrt(2 / np.pi)) ** 3 / (1 - 2 * _DELTA**2 / np.pi) ** 1.5
+
+
+def skewed_noise(rng: np.random.Generator, skewness: np.ndarray) -> np.ndarray:
+    """One standard (mean 0, sd 1) skew-normal draw per element, of the given skewness (|.| < 0.99)."""
+    delta = np.sign(skewness) * np.interp(np.abs(skewness), _SKEWNESS, _DELTA)
+    x = delta * np.abs(rng.standard_normal(len(delta))) + np.sqrt(1 - delta**2) * rng.standard_normal(len(delta))
+    shift = delta * np.sqrt(2 / np.pi)
+    return (x - shift) / np.sqrt(1 - shift**2)
+
+
+def votes(rng: np.random.Generator, ideal: np.ndarray, clutter: np.ndarray) -> np.ndarray:
+    """Counts ``(N, 10)``: each vote = ideal + skewed rater noise, rounded and clipped to 1..10.
+
+    How much an image's raters disagree is decided by its clutter (what the picture shows); how
+    lopsided their votes are follows the image's mean as on AVA, with AVA's image-to-image spread."""
+    n_votes = rng.integers(120, 321, len(ideal))
+    noise_sd = NOISE_SD + NOISE_SD_BY_CLUTTER * (clutter - 0.5)
+    skewness = np.clip(SKEW_AT_MEAN + SKEW_SLOPE * (ideal - MEAN_VOTE) + rng.normal(0, SKEW_SPREAD, len(ideal)),
+                       -0.95, 0.95)
     image = np.repeat(np.arange(len(ideal)), n_votes)
-    score = np.clip(np.rint(ideal[image] + spread[image] * rng.standard_normal(len(image))), 1, 10)
+    noise = skewed_noise(rng, skewness[image])
+    score = np.clip(np.rint(ideal[image] + noise_sd[image] * noise), 1, 10)
     counts = np.bincount(image * 10 + score.astype(np.int64) - 1, minlength=10 * len(ideal))
     return counts.reshape(len(ideal), 10)
 
 
-def make_examples(out: Path, n: int = 600, test_share: float = 0.25, seed: int = 2024) -> None:
-    """Write ``n`` images, their votes (AVA.txt), a held-out id list and the hidden truth to ``out``."""
+def example_votes(n: int = 600, seed: int = 2024) -> tuple[np.random.Generator, dict[str, np.ndarray], np.ndarray]:
+    """The generator (advanced past them), the properties and the vote counts of the example data:
+    drawn before any picture, so the votes can be checked without rendering."""
     rng = np.random.default_rng(seed)
     props = properties(rng, n)
+    return rng, props, votes(rng, props["ideal"], props["clutter"])
+
+
+def make_examples(out: Path, n: int = 600, test_share: float = 0.25, seed: int = 2024) -> None:
+    """Write ``n`` images, their votes (AVA.txt), a held-out id list and the hidden truth to ``out``."""
+    rng, props, counts = example_votes(n, seed)
     ids = np.arange(FIRST_ID, FIRST_ID + n)
     (out / "images").mkdir(parents=True, exist_ok=True)
     for i, image_id in enumerate(ids):  # one rendering per image; the rest is whole-column numpy
-        image = render(rng, props["colour"][i], props["contrast"][i], props["sharpness"][i], props["placement"][i])
+        image = render(rng, *(props[k][i] for k in PROPERTIES))
         image.save(out / "images" / f"{image_id}.jpg", quality=90)
-    counts = votes(rng, props["ideal"])
     tags = rng.integers(0, 66, (n, 2))
     challenge = rng.integers(1, 1400, n)
     rows = np.column_stack([np.arange(1, n + 1), ids, counts, tags, challenge])
     np.savetxt(out / "AVA.txt", rows, fmt="%d", delimiter=" ")
     test = np.sort(rng.choice(ids, int(round(n * test_share)), replace=False))
     np.savetxt(out / "test.jpgl", test, fmt="%d")
-    truth = np.column_stack([ids] + [props[k] for k in ("ideal", "colour", "contrast", "sharpness", "placement")])
-    np.savetxt(out / "ideal.csv", truth, fmt=["%d"] + ["%.4f"] * 5, delimiter=",",
-               header="image,ideal,colour,contrast,sharpness,placement", comments="")
+    truth = np.column_stack([ids, props["ideal"]] + [props[k] for k in PROPERTIES])
+    np.savetxt(out / "ideal.csv", truth, fmt=["%d"] + ["%.4f"] * (1 + len(PROPERTIES)), delimiter=",",
+               header=",".join(["image", "ideal", *PROPERTIES]), comments="")
 
 
 def main() -> None:

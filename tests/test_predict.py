@@ -111,7 +111,7 @@ def test_outputs_are_read_by_evaluate_and_a_cache_gives_the_same_scores(setup, u
         done = uiaa("predict", labels, "--images", photos, "-m", setup["m10"], "-o", out[suffix])
         assert done.returncode == 0, done.stderr
         preds = read_table(out[suffix])
-        assert preds.names == ["image", "score", "std"] + [f"p_{i}" for i in range(1, 11)]
+        assert preds.names == ["image", "score", "std"] + [f"p_{i}" for i in range(1, 11)] + ["kind", "activation"]
         assert list(preds["image"]) == names  # input order
         probs = preds.matrix([f"p_{i}" for i in range(1, 11)])
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
@@ -159,7 +159,7 @@ def test_model_from_env_and_newest_run(setup, uiaa, tmp_path):
                             cwd=tmp_path, env=env, capture_output=True, timeout=60)
     assert newest.returncode == 0, newest.stderr
     preds = read_table("-", data=newest.stdout)
-    assert preds.names == ["image", "score", "std", "p_low", "p_high"]  # the 2-set model of runs/new
+    assert preds.names == ["image", "score", "std", "p_low", "p_high", "kind", "activation"]  # runs/new: 2-set
     assert np.all(np.isnan(preds["std"]))  # a 2-set prediction has no std
     np.testing.assert_allclose(preds["score"], 10 * preds["p_high"], atol=1e-6)
     from_env = subprocess.run([sys.executable, "-m", "uiaa_cli", "predict", str(image), "-o", "-"], cwd=tmp_path,

@@ -224,7 +224,7 @@ def evaluate(
         if predictions == "-" and labels_file == "-":
             raise UiaaError("only one of the two tables can come from stdin")
         preds, labs = read_table(predictions), read_table(labels_file)
-        result = evaluation.evaluate_tables(preds, labs, threshold)
+        result = evaluation.evaluate_tables(preds, labs, threshold, pred_name=predictions, label_name=labels_file)
         text = (evaluation.as_json if as_json else evaluation.as_csv if as_csv else evaluation.as_text)(result)
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -233,7 +233,7 @@ def evaluate(
                 shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
                 say(f"uiaa evaluate: {len(names):,} {what} rows had no match ({shown})")
         say(f"uiaa evaluate: {result.joined:,} images joined")
-        for note in result.notes:
+        for note in result.notes:  # the reasons for n/a are in the table itself
             say(f"uiaa evaluate: {note}")
         if plot is not None:
             from uiaa_cli.plot import scatter_png
@@ -352,6 +352,13 @@ class Loss(str, Enum):
     emd = "emd"
 
 
+class Select(str, Enum):  # training.SELECT_RULES
+    srcc = "srcc"
+    smooth = "smooth"
+    loss = "loss"
+    last = "last"
+
+
 @app.command(epilog="""Examples:
 
   uiaa train ava.h5 --device cuda:0            # from a cache (fast)
@@ -368,8 +375,8 @@ class Loss(str, Enum):
 
   torchrun --nproc_per_node=4 -m uiaa_cli train ava.h5    # DDP, 4 GPUs
 
-Writes metrics.csv, last.pt (resumable) and best.pt (highest validation SRCC) in --out, and points
-runs/latest at the newest run; 'uiaa predict' finds it there.
+Writes metrics.csv, last.pt (resumable) and best.pt (the epoch --select picks) in --out, and points
+runs/latest at the newest run; 'uiaa predict' finds it there. The summary shows both checkpoints.
 """)
 def train(
     data: Annotated[Optional[str], typer.Argument(help="A labels table (images decoded on the fly from "
@@ -419,6 +426,9 @@ def train(
                                                              "b_ceil(M/2)); also accuracy's.")] = None,
     delta: Annotated[float, typer.Option(help="With --kind binary: leave out images with |mean - threshold| "
                                               "< delta from training.")] = 0.0,
+    select: Annotated[Select, typer.Option(help="Which epoch best.pt holds: srcc (highest validation SRCC), "
+                                             "smooth (SRCC averaged over 3 epochs), loss (lowest validation "
+                                             "loss) or last.")] = Select.srcc,
     progress: Progress = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -432,8 +442,8 @@ def train(
             data=data, images=images, arch=arch, loss=loss.value, epochs=epochs, lr=parse_lr(lr) if lr else None,
             batch_size=batch_size, momentum=momentum, weight_decay=weight_decay, size=size, weights=weights,
             val=val, val_frac=val_frac, device=device, workers=workers, seed=seed, out=out, resume=resume,
-            progress=progress, quiet=quiet, kind=kind.value if kind else None, lam=lam, cap=cap,
-            divisor=divisor.value, threshold=threshold, delta=delta)
+            progress=progress, quiet=quiet, select=select.value, kind=kind.value if kind else None, lam=lam,
+            cap=cap, divisor=divisor.value, threshold=threshold, delta=delta)
         try:
             folder = run_training(settings)
         except Interrupted as e:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from uiaa_cli.cache import is_cache
 from uiaa_cli.errors import UiaaError, at
+from uiaa_cli.evaluation import head_record
 from uiaa_cli.images import image_table
 from uiaa_cli.metrics import predicted_score
 from uiaa_cli.tables import Table, write_table
@@ -318,7 +319,11 @@ def predictions_table(inputs: Inputs, batches: list[Batch], config: dict[str, An
     columns = {"image": np.array([inputs.names[i] for i in merged.index.tolist()], dtype=str),
                "score": merged.score, "std": merged.std}
     columns.update({name: merged.probs[:, j] for j, name in enumerate(targets)})
-    attrs = {"uiaa": "predict", "model": str(model), "kind": config.get("kind"), "bins": config["bins"]}
+    # The head travels with the predictions, as attributes and as constant columns (plain CSV keeps no
+    # attributes), so evaluate knows a binary score from a rating and raw linear outputs from p_*.
+    head = head_record(config)
+    columns.update({key: np.full(len(merged.score), value) for key, value in head.items()})
+    attrs = {"uiaa": "predict", "model": str(model), "bins": config["bins"], "loss": config.get("loss"), **head}
     return Table(columns, attrs)
 
 

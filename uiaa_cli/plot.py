@@ -15,7 +15,7 @@ def scatter_png(result: Any, predictions: Any, labels: Any, path: Path, size: in
     from uiaa_cli.labels import table_bins
     from uiaa_cli.tables import atomic_path
 
-    _, pi, li = np.intersect1d(predictions["image"].astype(str), labels["image"].astype(str), return_indices=True)
+    pi, li = result.rows  # the rows evaluate joined (by path, or by file stem)
     x = labels.matrix(["mean"])[li, 0]
     y = predictions.matrix(["score"])[pi, 0]
     bins = table_bins(labels)
@@ -34,8 +34,10 @@ def scatter_png(result: Any, predictions: Any, labels: Any, path: Path, size: in
     draw.line([margin, size - margin, size - margin, margin], fill=(200, 60, 60))
     for px, py in zip(to_px(x, False), to_px(y, True)):
         draw.ellipse([px - 1.5, py - 1.5, px + 1.5, py + 1.5], fill=(30, 90, 180))
-    srcc = result.metrics.get("srcc")
-    draw.text((margin, 12), f"predicted vs mean vote, n = {len(x):,}, SRCC = {srcc:.3f}", fill="black")
+    srcc, ratio = result.metrics.get("srcc"), result.metrics.get("sd_ratio")
+    shown = ", ".join(f"{name} = {'n/a' if v is None else f'{v:.3f}'}" for name, v in (("SRCC", srcc),
+                                                                                      ("sd ratio", ratio)))
+    draw.text((margin, 12), f"predicted vs mean vote, n = {len(x):,}, {shown}", fill="black")
     draw.text((margin, size - margin + 8), f"mean vote ({lo:g} .. {hi:g})", fill="black")
     draw.text((4, margin - 16), "predicted", fill="black")
     with atomic_path(path) as tmp:

@@ -2,8 +2,8 @@
 
 The loop follows torchvision's references/classification/train.py: SGD with momentum, a per-epoch
 learning rate (here an exponential decay from START to END), validation after every epoch, and
-checkpoints ``last.pt`` (resumable) and ``best.pt`` (highest validation SRCC) in the run's folder,
-with ``metrics.csv`` holding one row per epoch.
+checkpoints ``last.pt`` (resumable) and ``best.pt`` (the epoch ``--select`` picks from the validation
+metrics, see ``best_epoch``) in the run's folder, with ``metrics.csv`` holding one row per epoch.
 
 Resuming: ``last.pt`` holds the optimiser, the epoch and step reached, the partial epoch's loss sums
 and the torch RNG states; batches and flips are functions of ``(seed, epoch, step)`` (see data.py),
@@ -106,6 +106,7 @@ class TrainSettings:
             return LabelSettings(self.kind, self.lam, self.cap, self.delta, self.threshold, self.divisor)
         except ValueError as e:
             raise UiaaError(str(e)) from None
+    select: str = "srcc"  # which epoch best.pt holds: see SELECT_RULES
 
 
 class Interrupted(Exception):
@@ -133,6 +134,37 @@ def default_lr(kind: str, loss: str, arch: str, weights: str = "imagenet") -> tu
     if is_vgg(arch):
         start /= 10
     return start, start / 10
+
+
+# Which epoch best.pt holds. Measured on the example data (examples/select_rule.py, README): see there
+# for the figures behind the default.
+SELECT_RULES = {
+    "srcc": "highest validation SRCC",
+    "smooth": "highest validation SRCC averaged over the epoch and the two before it",
+    "loss": "lowest validation loss",
+    "last": "the last epoch",
+}
+
+
+def best_epoch(history: list[dict[str, Any]], rule: str) -> int:
+    """The index of the row of ``history`` that ``rule`` picks; ties go to the later epoch, and
+    epochs without the metric (no validation) lose, so with no validation at all best is last."""
+    def value(row: dict[str, Any], key: str, sign: float) -> float:
+        v = row.get(key)
+        return sign * v if v is not None and math.isfinite(v) else -math.inf
+
+    if rule == "last":
+        merit = [0.0] * len(history)
+    elif rule == "loss":
+        merit = [value(r, "val_loss", -1.0) for r in history]
+    elif rule == "srcc":
+        merit = [value(r, "srcc", 1.0) for r in history]
+    elif rule == "smooth":
+        srcc = [value(r, "srcc", 1.0) for r in history]
+        merit = [float(np.mean(srcc[max(0, i - 2):i + 1])) for i in range(len(srcc))]
+    else:
+        raise UiaaError(f"unknown --select {rule!r}; choose one of {', '.join(SELECT_RULES)}")
+    return max(range(len(merit)), key=lambda i: (merit[i], i))
 
 
 def default_weight_decay(arch: str) -> float:
@@ -394,6 +426,19 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
             f"{row['images_per_s']:.1f} img/s  {row['seconds']:.1f} s")
 
 
+def summary_lines(history: list[dict[str, Any]], rule: str, out: Path) -> list[str]:
+    """Both checkpoints with their epoch and validation metrics: best.pt (by ``rule``) and last.pt."""
+    def describe(row: dict[str, Any]) -> str:
+        shown = "  ".join(f"{label} {'n/a' if row.get(key) is None else format(row[key], '.4f')}"
+                          for key, label in (("val_loss", "val loss"), ("srcc", "SRCC"), ("pcc", "PCC"),
+                                             ("mse", "MSE"), ("accuracy", "acc"), ("std_srcc", "std SRCC")))
+        return f"epoch {row['epoch']}  {shown}"
+
+    best = history[best_epoch(history, rule)]
+    return [f"uiaa train: best.pt  {describe(best)}  ({SELECT_RULES[rule]}, --select {rule})",
+            f"uiaa train: last.pt  {describe(history[-1])}"]
+
+
 # ------------------------------------------------------------------------------------ outputs
 
 
@@ -448,6 +493,8 @@ class Trainer:
         self.settings = s = settings
         if s.loss not in LOSSES:
             raise UiaaError(f"unknown loss {s.loss!r}; choose one of {', '.join(LOSSES)}")
+        if s.select not in SELECT_RULES:
+            raise UiaaError(f"unknown --select {s.select!r}; choose one of {', '.join(SELECT_RULES)}")
         if s.arch not in ARCHS:
             raise UiaaError(f"unknown architecture {s.arch!r}; choose one of {', '.join(ARCHS)}")
         if s.epochs < 1 or s.batch_size < 2:
@@ -695,9 +742,8 @@ class Trainer:
         if self.dist.main:
             write_history(self.out / "metrics.csv", self.history)
             self.save("last.pt", row, True)
-            srcc = [r["srcc"] if r.get("srcc") is not None and math.isfinite(r["srcc"]) else -math.inf
-                    for r in self.history]
-            if srcc[-1] >= max(srcc) or not (self.out / "best.pt").exists():
+            if best_epoch(self.history, self.settings.select) == len(self.history) - 1 \
+                    or not (self.out / "best.pt").exists():
                 self.save("best.pt", row, False)
             if self.out.parent.name == "runs":
                 point_latest(self.out)
@@ -756,12 +802,12 @@ class Trainer:
                                                     torch.from_numpy(target[has_target])))
         probs = activate(out_t, self.activation).numpy().astype(np.float64)
         score, std = metrics.predicted_score(probs, self.bins)
-        # KL/EMD compare distributions: only for softmax outputs (linear outputs need not sum to 1).
-        softmax = self.activation == "softmax"
+        # The rules of 'uiaa evaluate' (metrics.assess): no distribution metric from a linear head, no
+        # MSE from a binary model's score.
         result.update(metrics.evaluate(
-            score, lab.mean[rows], lab.threshold, std=std,
-            true_std=None if lab.std is None else lab.std[rows],
-            probs=probs if softmax else None, rsd=None if lab.rsd is None else lab.rsd[rows]))
+            score, lab.mean[rows], lab.threshold, kind=self.kind, activation=self.activation, probs=probs,
+            std=std, true_std=None if lab.std is None else lab.std[rows],
+            rsd=None if lab.rsd is None else lab.rsd[rows]))
         return result
 
     def close(self) -> None:
@@ -784,7 +830,11 @@ def train(settings: TrainSettings) -> Path:
                           f"{s.loss}, lr {trainer.lr[0]:.2e} -> {trainer.lr[1]:.2e}, weight decay "
                           f"{trainer.weight_decay:g}, batch {s.batch_size}, {s.epochs} epochs on "
                           f"{trainer.device}{f' x {dist.world} processes' if dist.on else ''} -> {trainer.out}")
-        return trainer.run(reporter)
+        out = trainer.run(reporter)
+        if dist.main and trainer.history:
+            for line in summary_lines(trainer.history, trainer.settings.select, out):
+                reporter.line(line)
+        return out
     finally:
         reporter.close()
         if trainer is not None:
