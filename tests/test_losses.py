@@ -136,6 +136,12 @@ def test_default_learning_rates_follow_the_unified_formulation() -> None:
     assert default_lr("soft", "ce", "resnet50") == pytest.approx((1e-2, 1e-3))
     assert default_lr("soft", "mse", "vgg16") < default_lr("soft", "mse", "resnet50")
     assert default_lr("rsd", "huber", "vgg16") < default_lr("rsd", "huber", "resnet50")
+    # From scratch the linear heads want a far smaller step (huber at 10^-1.5 diverges), ce a larger one.
+    assert default_lr("gauss-nv", "huber", "resnet18", "none") == pytest.approx((1e-3, 1e-4))
+    assert default_lr("soft", "mse", "resnet18", "none") == pytest.approx((1e-3, 1e-4))
+    assert default_lr("gauss-mv", "ce", "resnet18", "none") == pytest.approx((1e-2, 1e-3))
+    assert default_lr("binary", "emd", "vgg16", "none") == pytest.approx((1e-3, 1e-4))
+    assert default_lr("gauss-mv", "ce", "resnet18", "weights.pt") == pytest.approx((1e-3, 1e-4))
 
 
 def test_default_weight_decay_by_architecture() -> None:

@@ -504,6 +504,8 @@ class Select(str, Enum):  # training.SELECT_RULES
 
   uiaa train small.csv --arch resnet18 --weights none --size 64 --device cpu
 
+  uiaa train ava.h5 --kind rsd                 # one cache, any kind: targets from its votes
+
   uiaa train --resume runs/mine                # after Ctrl-C
 
   torchrun --nproc_per_node=4 -m uiaa_cli train ava.h5    # DDP, 4 GPUs
@@ -524,10 +526,13 @@ def train(
     loss: Annotated[Loss, typer.Option(help="ce and emd train a softmax head, mse and huber a linear "
                                             "one.")] = Loss.ce,
     epochs: Annotated[int, typer.Option(help="Passes over the training images.", callback=AT_LEAST_1)] = 10,
-    lr: Annotated[Optional[str], typer.Option(help="START,END: per-epoch exponential decay (default by kind and "
-                                                   "loss: ce/emd 1e-3,1e-4 for distributions, 1e-2,1e-3 for "
-                                                   "binary/soft; mse 10^-2.5..; huber 10^-1.5..; VGG 10x "
-                                                   "lower).", callback=learning_rates)] = None,
+    lr: Annotated[Optional[str], typer.Option(help="START,END: per-epoch exponential decay (one value: "
+                                                   "constant). Default, END = START/10, from pretrained "
+                                                   "weights (the paper's): ce/emd 1e-3 for distributions, "
+                                                   "1e-2 for binary/soft; mse "
+                                                   "10^-2.5; huber 10^-1.5. From scratch (--weights none, "
+                                                   "measured on the example data): ce/emd 1e-2; mse, huber "
+                                                   "1e-3. VGG 10x lower.", callback=learning_rates)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step (per process under torchrun).",
                                             callback=AT_LEAST_2)] = 32,
     momentum: Annotated[float, typer.Option(help="SGD momentum.", callback=NON_NEGATIVE)] = 0.9,
@@ -549,6 +554,20 @@ def train(
     out: Annotated[Optional[str], typer.Option(help="Run folder (default runs/<arch>-<kind>-<loss>-<time>).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this folder with its own settings "
                                                        "(only data paths, --device, --workers apply).")] = None,
+    kind: Annotated[Optional[Kind], typer.Option(help="Derive the targets from DATA's vote columns, as 'uiaa "
+                                                      "labels --kind' would (default: DATA's own targets). "
+                                                      "Images binary --delta leaves out do not train; "
+                                                      "validation still scores them.")] = None,
+    lam: Annotated[float, typer.Option(help="With --kind gauss-mv: var_z = min((1 - lam) var, cap).",
+                                       callback=UNIT)] = 0.5,
+    cap: Annotated[float, typer.Option(help="With --kind gauss-mv: the largest variance allowed.",
+                                       callback=POSITIVE)] = 1.5,
+    divisor: Annotated[Divisor, typer.Option(help="With a Gaussian --kind: 2var or var (the authors' "
+                                                  "code).")] = Divisor.two_var,
+    threshold: Annotated[Optional[float], typer.Option(help="With --kind binary: the threshold (default "
+                                                             "b_ceil(M/2)); also accuracy's.", callback=FINITE)] = None,
+    delta: Annotated[float, typer.Option(help="With --kind binary: leave out images with |mean - threshold| "
+                                              "< delta from training.", callback=NON_NEGATIVE)] = 0.0,
     select: Annotated[Select, typer.Option(help="Which epoch best.pt holds: last (default: measured best on "
                                                 "held-out data, see README), loss (lowest validation loss), srcc "
                                                 "(highest validation SRCC) or smooth (SRCC averaged over 3 "
@@ -566,7 +585,8 @@ def train(
             data=data, images=images, arch=arch, loss=loss.value, epochs=epochs, lr=parse_lr(lr) if lr else None,
             batch_size=batch_size, momentum=momentum, weight_decay=weight_decay, size=size, weights=weights,
             val=val, val_frac=val_frac, device=device, workers=workers, seed=seed, out=out, resume=resume,
-            progress=progress, quiet=quiet, select=select.value)
+            progress=progress, quiet=quiet, select=select.value, kind=kind.value if kind else None, lam=lam,
+            cap=cap, divisor=divisor.value, threshold=threshold, delta=delta)
         try:
             folder = run_training(settings)
         except Interrupted as e:
@@ -638,6 +658,69 @@ def predict(
             say(f"uiaa predict: {result.scored:,} images scored, {result.failed:,} failed, "
                 f"{result.scored / max(result.seconds, 1e-9):.1f} images/s" + (f" -> {output}" if output else ""))
     if result.failed:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------ dedupe
+
+
+@app.command(epilog="""Examples:
+
+  uiaa dedupe test.h5 train.h5 > dupes.csv      # test images that are also in train
+
+  uiaa dedupe ava.h5 -o dupes.csv               # near-duplicates within one cache
+
+  uiaa dedupe labels.csv --images ava/images    # a labels table: its images decoded
+
+  uiaa labels AVA.txt --exclude dupes.csv -o train.csv   # then a clean split
+
+Exit status: 0 done, 1 some images could not be read (listed on stderr, the rest compared), 2 usage
+or input error.
+""")
+def dedupe(
+    a: Annotated[str, typer.Argument(metavar="A", help="A cache, or a labels table (with --images).")],
+    b: Annotated[Optional[str], typer.Argument(metavar="[B]", help="A second cache or labels table: pairs "
+                                                                    "between A and B (default: within A).")] = None,
+    images: Annotated[Optional[str], typer.Option(help="Folder of a labels table's images (default: the "
+                                                       "table's folder).")] = None,
+    images_b: Annotated[Optional[str], typer.Option(help="Folder of B's images (default: --images).")] = None,
+    max_distance: Annotated[int, typer.Option(help="Largest Hamming distance between the 63-bit hashes "
+                                                   "of a pair.")] = 12,
+    min_similarity: Annotated[float, typer.Option(help="Smallest correlation of the two images' 63 "
+                                                       "low-frequency coefficients (cuts false pairs).")] = 0.9,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes and search threads (default: "
+                                                        "all cores).")] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="Output file (.csv, .tsv, .h5); - for "
+                                                               "stdout.")] = "-",
+    to: Annotated[Optional[TableFormat], typer.Option(help="Output format (default: by extension; csv on "
+                                                           "stdout).")] = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Find near-duplicate images (re-encoded, resized, slightly cropped) within a data set or between two.
+
+    One row per pair: image_a, image_b, distance (bits of 63), similarity; closest first.
+    """
+    with handled("dedupe", quiet, debug):
+        from uiaa_cli.dedupe import dedupe as find_duplicates
+        from uiaa_cli.tables import TableWriter
+
+        with TableWriter(output, to.value if to else None) as writer:
+            table, report = find_duplicates(a, b, images=images, images_b=images_b, max_distance=max_distance,
+                                            min_similarity=min_similarity, workers=workers)
+            writer.write(table)
+        for name, reason in report.failed[:20]:
+            say(f"uiaa dedupe: left out {name}: {reason}")
+        if len(report.failed) > 20:
+            say(f"uiaa dedupe: left out {len(report.failed) - 20:,} more images that could not be read")
+        images_done = report.images_a + (report.images_b or 0)
+        compared = (f"{report.images_a:,} images of {a} against {report.images_b:,} of {b}" if report.images_b
+                    is not None else f"{report.images_a:,} images of {a} with each other")
+        say(f"uiaa dedupe: {compared}: {report.pairs:,} near-duplicate pair{'s' if report.pairs != 1 else ''} "
+            f"(distance <= {max_distance} bits, similarity >= {min_similarity:g}); hashing "
+            f"{report.seconds_hashing:.1f} s ({images_done / max(report.seconds_hashing, 1e-9):,.0f} images/s), "
+            f"search {report.seconds_search:.1f} s")
+    if report.failed:
         raise typer.Exit(1)
 
 

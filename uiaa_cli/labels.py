@@ -42,6 +42,19 @@ class LabelSettings:
             raise ValueError(f"--divisor must be one of {', '.join(DIVISORS)}, got {self.divisor!r}")
 
 
+    def parameters(self, bins: np.ndarray) -> dict[str, float | str]:
+        """The parameters that shape this kind's targets (recorded in tables and checkpoints)."""
+        params: dict[str, float | str] = {
+            "threshold": self.threshold if self.threshold is not None else default_threshold(bins)}
+        if self.kind == "gauss-mv":
+            params.update(lam=self.lam, cap=self.cap)
+        if self.kind in ("gauss-nv", "gauss-mv"):
+            params["divisor"] = self.divisor
+        if self.kind == "binary":
+            params["delta"] = self.delta
+        return params
+
+
 def default_threshold(bins: np.ndarray) -> float:
     """``b_ceil(M/2)``: 5 on 1..10, 3 on 1..5."""
     m = len(bins)
@@ -338,14 +351,7 @@ def build_labels(images: np.ndarray, counts: np.ndarray, bins: np.ndarray, setti
         columns[bin_name(b)] = rsd[:, j]
     for j, name in enumerate(targets.columns):
         columns[name] = targets.targets[:, j]
-    attrs = {"uiaa": "labels", "kind": settings.kind, "bins": [float(b) for b in bins],
-             "threshold": settings.threshold if settings.threshold is not None else default_threshold(bins)}
-    if settings.kind == "gauss-mv":
-        attrs.update(lam=settings.lam, cap=settings.cap)
-    if settings.kind in ("gauss-nv", "gauss-mv"):
-        attrs["divisor"] = settings.divisor
-    if settings.kind == "binary":
-        attrs["delta"] = settings.delta
+    attrs = {"uiaa": "labels", "kind": settings.kind, "bins": [float(b) for b in bins], **settings.parameters(bins)}
     report = LabelReport(len(keep), len(images), left_out, targets.reconstruction_error)
     return Table(columns, attrs), report
 

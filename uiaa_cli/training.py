@@ -43,12 +43,15 @@ from uiaa_cli.data import CacheSource, Normalise, Source, epoch_batches, flip_ma
 from uiaa_cli.errors import UiaaError, at
 from uiaa_cli.labels import (
     TWO_SET_KINDS,
+    LabelSettings,
     check_label_values,
+    make_targets,
     probability_columns,
     rsd_columns,
     table_bins,
     table_kind,
     table_threshold,
+    target_columns,
 )
 from uiaa_cli.losses import LOSSES, activate, loss_function
 from uiaa_cli.models import (
@@ -75,7 +78,7 @@ class TrainSettings:
     arch: str = "resnet50"
     loss: str = "ce"
     epochs: int = 10
-    lr: tuple[float, float] | None = None  # None: default_lr(kind, loss, arch)
+    lr: tuple[float, float] | None = None  # None: default_lr(kind, loss, arch, weights)
     batch_size: int = 32
     momentum: float = 0.9
     weight_decay: float | None = None  # None: 5e-4 for VGG, 1e-4 otherwise
@@ -90,16 +93,42 @@ class TrainSettings:
     resume: str | None = None
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
     quiet: bool = False
+    # --kind: targets derived from the vote columns (None: the table's own targets)
+    kind: str | None = None
+    lam: float = 0.5
+    cap: float = 1.5
+    divisor: str = "2var"
+    threshold: float | None = None
+    delta: float = 0.0
     select: str = "last"  # which epoch best.pt holds: see SELECT_RULES (the default measured, README)
+
+    def label_settings(self) -> LabelSettings | None:
+        """The ``labels`` settings of ``--kind`` (None without it); bad values are a usage error."""
+        if self.kind is None:
+            return None
+        try:
+            return LabelSettings(self.kind, self.lam, self.cap, self.delta, self.threshold, self.divisor)
+        except ValueError as e:
+            raise UiaaError(str(e)) from None
 
 
 class Interrupted(Exception):
     """Ctrl-C or SIGTERM: a resumable checkpoint was written (exit status 130)."""
 
 
-def default_lr(kind: str, loss: str, arch: str) -> tuple[float, float]:
-    """Start and end learning rates of the unified formulation's experiments (VGG: 10x lower)."""
-    if loss == "mse":
+def default_lr(kind: str, loss: str, arch: str, weights: str = "imagenet") -> tuple[float, float]:
+    """Start and end learning rates (END = START / 10).
+
+    From pretrained weights (imagenet or a file): the unified formulation's rates (ce/emd 1e-3 for
+    distributions, 1e-2 for 2-set targets; mse 10^-2.5; huber 10^-1.5). From scratch
+    (``--weights none``) those make the linear heads of mse and huber diverge (huber at 10^-1.5: a
+    validation loss of 7e5 after one epoch on the example data), while ce and emd want more than
+    1e-3 to learn in a few epochs; measured on the example data (README, "Learning rates"):
+    ce/emd 1e-2, mse and huber 1e-3. VGG: 10x lower in every case.
+    """
+    if weights == "none":
+        start = 1e-3 if loss in ("mse", "huber") else 1e-2
+    elif loss == "mse":
         start = 10**-2.5
     elif loss == "huber":
         start = 10**-1.5
@@ -241,11 +270,16 @@ class Labels:
     threshold: float
 
 
-def labels_of(table: Table, path: str, bins: np.ndarray | None = None) -> Labels:
-    """Check a labels table (of a cache or a file) and pull out targets and ground truth."""
+def labels_of(table: Table, path: str, bins: np.ndarray | None = None,
+              derive: LabelSettings | None = None) -> Labels:
+    """Check a labels table (of a cache or a file) and pull out targets and ground truth.
+
+    With ``derive`` the targets are made from the table's vote columns by ``labels.make_targets``
+    (the code of ``uiaa labels``); rows that kind leaves out (binary's margin) get NaN targets.
+    """
     targets = probability_columns(table)
     missing = [c for c in ("image", "mean") if c not in table]
-    if missing or not targets:
+    if derive is None and (missing or not targets):
         raise UiaaError(f"not a labels table made by 'uiaa labels': no {', '.join(missing or ['p_* target'])} "
                         "column(s)", where=at(path))
     check_label_values(table, path)
@@ -255,8 +289,42 @@ def labels_of(table: Table, path: str, bins: np.ndarray | None = None) -> Labels
                         where=at(path))
     rsd_names = rsd_columns(table)
     rsd = table.matrix(rsd_names) if len(own_bins) and all(n in table for n in rsd_names) else None
-    return Labels(table, table.matrix(targets).astype(np.float32), table.matrix(["mean"])[:, 0],
-                  table.matrix(["std"])[:, 0] if "std" in table else None, rsd, table_threshold(table, own_bins))
+    if derive is not None and (missing or rsd is None):
+        raise UiaaError(f"--kind needs the vote columns of a labels table ({', '.join(rsd_names) or '1..10'}, "
+                        "the share of votes per score) and 'mean'; this table lacks them", where=at(path))
+    threshold = table_threshold(table, own_bins)
+    if derive is None:
+        matrix = table.matrix(targets).astype(np.float32)
+    else:
+        made = make_targets(vote_counts(table, rsd), own_bins, derive)
+        matrix = np.full((len(rsd), len(made.columns)), np.nan, dtype=np.float32)
+        matrix[made.keep] = made.targets
+        threshold = float(derive.parameters(own_bins)["threshold"])  # as 'uiaa labels --kind' records it
+    return Labels(table, matrix, table.matrix(["mean"])[:, 0],
+                  table.matrix(["std"])[:, 0] if "std" in table else None, rsd, threshold)
+
+
+def vote_counts(table: Table, rsd: np.ndarray) -> np.ndarray:
+    """The vote counts behind a labels table: ``round(rsd * votes)`` when that gives back whole numbers
+    (AVA: then ``make_targets`` sees the very counts ``labels`` saw), else the RSD itself (its moments
+    are the same; ``make_targets`` normalises each row)."""
+    if "votes" in table:
+        votes = table.matrix(["votes"])[:, 0]
+        counts = rsd * votes[:, None]
+        whole = np.rint(counts)
+        if np.all(np.abs(counts - whole) < 1e-6 * np.maximum(votes[:, None], 1)) and np.all(whole.sum(axis=1) >= 1):
+            return whole
+    return rsd
+
+
+def kind_of(table: Table, labels: Labels, derive: LabelSettings | None) -> tuple[str, dict[str, Any]]:
+    """The kind of the targets trained on and its parameters (those ``labels`` records for it)."""
+    if derive is None:
+        attrs = table.attrs
+        kind = table_kind(table)
+        params = {k: attrs[k] for k in ("lam", "cap", "divisor", "delta") if k in attrs}
+        return kind, {**params, "threshold": labels.threshold, "derived": False}
+    return derive.kind, {**derive.parameters(table_bins(table)), "derived": True}
 
 
 def split_rows(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -455,23 +523,28 @@ class Trainer:
         self.cuda = self.device.type == "cuda"
         workers = s.workers if s.workers is not None else min(8, os.cpu_count() or 1)
         self.source = open_source(s.data, images=s.images, size=s.size, workers=workers, pin_memory=self.cuda)
-        self.labels = labels_of(self.source.table, s.data)
+        derive = s.label_settings()
+        self.labels = labels_of(self.source.table, s.data, derive=derive)
         self.bins = table_bins(self.source.table)
-        self.kind = table_kind(self.source.table)
-        self.target_names = probability_columns(self.source.table)
+        self.kind, self.kind_params = kind_of(self.source.table, self.labels, derive)
+        self.target_names = (target_columns(derive.kind, self.bins) if derive
+                             else probability_columns(self.source.table))
         self.size = self.source.size
         if s.val:
             self.train_rows = np.arange(len(self.source.table))
             self.val_source = open_source(s.val, images=s.images, size=self.size, workers=workers,
                                           pin_memory=self.cuda)
-            self.val_labels = labels_of(self.val_source.table, s.val, self.bins)
+            self.val_labels = labels_of(self.val_source.table, s.val, self.bins, derive)
             self.val_rows = np.arange(len(self.val_source.table))
         else:
             self.train_rows, self.val_rows = split_rows(len(self.source.table), s.val_frac, s.seed)
             self.val_source, self.val_labels = self.source, self.labels
+        # Images a kind leaves out (binary's margin) do not train; the split was drawn before, so the
+        # validation images are the same whatever the kind, and all of them are scored.
+        self.train_rows = self.train_rows[np.isfinite(self.labels.targets[self.train_rows]).all(axis=1)]
         if len(self.train_rows) < 2:
             raise UiaaError("fewer than 2 training images", where=at(s.data))
-        self.lr = s.lr or default_lr(self.kind, s.loss, s.arch)
+        self.lr = s.lr or default_lr(self.kind, s.loss, s.arch, s.weights)
         self.weight_decay = s.weight_decay if s.weight_decay is not None else default_weight_decay(s.arch)
 
         torch.manual_seed(s.seed)
@@ -564,7 +637,8 @@ class Trainer:
     def config(self, row: dict[str, Any] | None) -> dict[str, Any]:
         s = self.settings
         return make_config(arch=s.arch, size=self.size, bins=self.bins.tolist(), kind=self.kind,
-                           targets=self.target_names, loss=s.loss, threshold=self.labels.threshold,
+                           kind_params=self.kind_params, targets=self.target_names, loss=s.loss,
+                           threshold=self.labels.threshold,
                            epoch=row["epoch"] if row else 0, metrics=row or {})
 
     def save(self, name: str, row: dict[str, Any] | None, resumable: bool) -> Path:
@@ -742,8 +816,11 @@ class Trainer:
             return result
         lab = self.val_labels
         out_t = torch.from_numpy(outputs)
-        if lab.targets.shape[1] == outputs.shape[1]:
-            result["val_loss"] = float(self.loss_fn(out_t, torch.from_numpy(lab.targets[rows])))
+        target = lab.targets[rows]
+        has_target = np.isfinite(target).all(axis=1)  # not binary's margin images under --kind
+        if target.shape[1] == outputs.shape[1] and has_target.any():
+            result["val_loss"] = float(self.loss_fn(out_t[torch.from_numpy(has_target)],
+                                                    torch.from_numpy(target[has_target])))
         probs = activate(out_t, self.activation).numpy().astype(np.float64)
         score, std = metrics.predicted_score(probs, self.bins)
         # The rules of 'uiaa evaluate' (metrics.assess): no distribution metric from a linear head, no
