@@ -51,11 +51,26 @@ def handled(command: str, quiet: bool = False, debug: bool = False) -> Iterator[
     except UiaaError as e:
         if State.debug:
             raise
-        print(f"uiaa {command}: error: {e}", file=sys.stderr, flush=True)
-        raise typer.Exit(e.status) from None
+        fail(command, str(e), e.status)
     except BrokenPipeError:
         quiet_closed_stdout()
         raise typer.Exit(0) from None
+    except OSError as e:  # a full disk or a dead device under stdout (files are named by the writer)
+        from uiaa_cli.outputs import WRITE_ERRNOS
+
+        if State.debug or e.errno not in WRITE_ERRNOS or e.filename is not None:
+            raise
+        fail(command, f"<stdout>: cannot write: {e.strerror}", 2)
+
+
+def fail(command: str, message: str, status: int) -> None:
+    """The one error line, after what stdout still holds (dropped if stdout cannot take it)."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        quiet_closed_stdout()
+    print(f"uiaa {command}: error: {message}", file=sys.stderr, flush=True)
+    raise typer.Exit(status) from None
 
 
 def quiet_closed_stdout() -> None:
@@ -171,8 +186,11 @@ def labels(
     """Turn ratings into training targets: one self-describing row per image."""
     with handled("labels", quiet, debug):
         from uiaa_cli.labels import LabelReport, LabelSettings, build_labels, read_id_list
+        from uiaa_cli.outputs import check_output
         from uiaa_cli.ratings import iter_ratings
         from uiaa_cli.tables import TableWriter
+
+        check_output(output, inputs=[ratings, *(f for f in (only, exclude) if f)])
 
         try:
             settings = LabelSettings(kind.value, lam, cap, delta, threshold, divisor.value)
@@ -230,6 +248,10 @@ def evaluate(
             raise UiaaError("choose one of --json and --csv")
         if predictions == "-" and labels_file == "-":
             raise UiaaError("only one of the two tables can come from stdin")
+        if plot is not None:
+            from uiaa_cli.outputs import check_output
+
+            check_output(str(plot), inputs=[predictions, labels_file], what="plot", stdout=False)
         preds, labs = read_table(predictions), read_table(labels_file)
         result = evaluation.evaluate_tables(preds, labs, threshold)
         text = (evaluation.as_json if as_json else evaluation.as_csv if as_csv else evaluation.as_text)(result)
@@ -277,8 +299,10 @@ def convert(
 ) -> None:
     """Convert tables between CSV, TSV and HDF5 losslessly; export a checkpoint to TorchScript/ONNX."""
     with handled("convert", quiet, debug):
+        from uiaa_cli.outputs import check_output
         from uiaa_cli.tables import read_table, write_table
 
+        check_output(target, inputs=[source])
         if Path(source).suffix.lower() in (".pt", ".pth", ".ckpt"):
             from uiaa_cli.export import export_model  # imports torch: only for checkpoints
 
@@ -330,9 +354,12 @@ def cache(
     """Decode and resize every image of a labels table once into one HDF5 file for training."""
     with handled("cache", quiet, debug):
         from uiaa_cli.cache import build_cache
+        from uiaa_cli.outputs import check_output, output_lock
 
-        report = build_cache(labels_file, images, output, size=size, workers=workers, resume=resume,
-                             progress=False if quiet else progress)
+        check_output(str(output), inputs=[labels_file], what="cache", stdout=False)
+        with output_lock(output):
+            report = build_cache(labels_file, images, output, size=size, workers=workers, resume=resume,
+                                 progress=False if quiet else progress)
         if report.complete_already:
             say(f"uiaa cache: {output} is already complete ({report.stored:,} of {report.total:,} images, the same "
                 f"labels, images and size); nothing to do"
@@ -374,7 +401,8 @@ class Loss(str, Enum):
   torchrun --nproc_per_node=4 -m uiaa_cli train ava.h5    # DDP, 4 GPUs
 
 Writes metrics.csv, last.pt (resumable) and best.pt (highest validation SRCC) in --out, and points
-runs/latest at the newest run; 'uiaa predict' finds it there.
+'latest' beside it (runs/latest by default) at the newest run; 'uiaa predict' finds runs/latest.
+One run at a time writes a folder: a second run on the same --out stops with an error.
 """)
 def train(
     data: Annotated[Optional[str], typer.Argument(help="A labels table (images decoded on the fly from "
@@ -494,6 +522,10 @@ def predict(
 
         if not inputs:
             raise UiaaError("no inputs: give image files, folders, - (paths on stdin), tar shards or a table")
+        if output is not None:
+            from uiaa_cli.outputs import check_output
+
+            check_output(output, inputs=[*inputs, *([model] if model else [])])
         interactive = sys.stderr.isatty() and not quiet
         result = run_predict(inputs, model=model, output=output, fmt=to.value if to else None, images=images,
                              device=device, batch_size=batch_size, workers=workers,

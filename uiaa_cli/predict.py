@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -62,13 +61,17 @@ def run_predict(arguments: list[str], *, model: str | None, output: str | None, 
         raise UiaaError("--workers must be 0 or more")
     k, n = parse_shard(shard)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    from uiaa_cli.outputs import is_special
+
     to_file = output not in (None, "-") and not is_special(output)
     if resume and not to_file:
         raise UiaaError("--resume continues an interrupted -o FILE: give the same -o FILE")
     if world > 1 and output is not None and not to_file:
         raise UiaaError("under torchrun, -o must be a file (each rank writes a part, rank 0 joins them)")
     if output is not None:
-        check_output(output, fmt, arguments)
+        from uiaa_cli.tables import table_format
+
+        table_format(output, fmt)  # an unknown extension is an error before any work (cli checks the path)
     from uiaa_cli.inference import open_engine
 
     scorer = open_engine(model, engine, device)
@@ -342,36 +345,12 @@ def finish_distributed(result: PredictResult, output: str | None, fmt: str | Non
 # ---------------------------------------------------------------------------------- helpers
 
 
-def is_special(path: str | None) -> bool:
-    """A device, named pipe or socket: written through, never resumable."""
-    if path is None or path == "-":
-        return False
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
-
-
-def check_output(output: str, fmt: str | None, arguments: list[str]) -> None:
-    """The output's format is known and the path writable, before any work."""
-    from uiaa_cli.tables import table_format
-
-    table_format(output, fmt)
-    try:
-        from uiaa_cli.outputs import check_output as check
-    except ImportError:  # TEMPORARY until outputs.py is merged
-        return
-    check(output, inputs=arguments)
-
-
 def output_lock(path: str | None) -> Any:
+    """The lock on building ``path`` (None: nothing to lock)."""
     if path is None:
         return contextlib.nullcontext()
-    try:
-        from uiaa_cli.outputs import output_lock as lock
-    except ImportError:  # TEMPORARY until outputs.py is merged
-        return contextlib.nullcontext()
+    from uiaa_cli.outputs import output_lock as lock
+
     return lock(path)
 
 
