@@ -300,7 +300,7 @@ def exported_graph(checkpoint: Path, note: Callable[[str], None] = stderr_note) 
         return cached
     missing = onnx_export_missing()
     if missing:
-        raise UiaaError(f"exporting the model for ONNX Runtime needs onnx and onnxscript ({missing}); "
+        raise UiaaError(f"exporting the model for ONNX Runtime needs torch, onnx and onnxscript ({missing}); "
                         "pip install 'uiaa[onnx]', or use --engine torch")
     from uiaa_cli.export import export_model
 
@@ -404,7 +404,10 @@ class TorchEngine:
     name = "torch"
 
     def __init__(self, checkpoint: Path, device: str = "auto", threads: int | None = None) -> None:
-        import torch
+        try:
+            import torch
+        except ImportError as e:
+            raise UiaaError(f"the torch engine needs torch ({e}); or run an exported .onnx model") from None
 
         from uiaa_cli.models import load_scorer
 

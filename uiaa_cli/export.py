@@ -103,7 +103,7 @@ def require_onnx() -> None:
     """A one-line error unless the exporter's packages are installed."""
     missing = onnx_export_missing()
     if missing:
-        raise UiaaError(f"ONNX export needs the packages onnx and onnxscript ({missing}): "
+        raise UiaaError(f"ONNX export needs torch and the packages onnx and onnxscript ({missing}): "
                         "pip install 'uiaa[onnx]'")
 
 
@@ -112,6 +112,7 @@ def onnx_export_missing() -> str | None:
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401 - torch.onnx's exporter needs it
+        import torch  # noqa: F401 - the exporter; imported by the export right after anyway
     except ImportError as e:
         return str(e) or type(e).__name__
     return None
