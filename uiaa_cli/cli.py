@@ -135,6 +135,12 @@ class PredictFormat(str, Enum):
     h5 = "h5"
 
 
+class EngineName(str, Enum):
+    auto = "auto"
+    onnx = "onnx"
+    torch = "torch"
+
+
 class Divisor(str, Enum):
     two_var = "2var"
     var = "var"
@@ -499,6 +505,8 @@ def predict(
     images: Annotated[Optional[str], typer.Option(help="Folder of a table's images (default: the table's "
                                                        "folder).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    engine: Annotated[EngineName, typer.Option(help="auto: ONNX Runtime on CPU (the checkpoint exported once, "
+                                                     "kept beside it), torch on CUDA/MPS.")] = EngineName.auto,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: min(4, cores); 0 "
                                                         "decodes in the main process).")] = None,
@@ -529,7 +537,8 @@ def predict(
         interactive = sys.stderr.isatty() and not quiet
         result = run_predict(inputs, model=model, output=output, fmt=to.value if to else None, images=images,
                              device=device, batch_size=batch_size, workers=workers,
-                             progress=(interactive or progress) and not quiet, shard=shard, resume=resume)
+                             progress=(interactive or progress) and not quiet, shard=shard, resume=resume,
+                             engine=engine.value)
         if (interactive or progress) and os.environ.get("RANK", "0") == "0":
             carried = f" ({result.carried:,} more by the interrupted run)" if result.carried else ""
             say(f"uiaa predict: {result.scored:,} images scored{carried}, {result.failed:,} failed, "

@@ -7,8 +7,8 @@ and hands each to a pool of forked worker processes, keeping at most ``ahead`` b
 a reason for each one that did not. While the caller runs the model on one batch, the workers
 decode the next ones. ``workers=0`` decodes in the calling process.
 
-The workers resize with Pillow unless torch is already imported in the parent (the torch engine),
-so the ONNX path never imports torch (``images.resize_without_torch``).
+The workers resize with Pillow whatever the engine (``images.resize_without_torch``): both engines
+see the same pixels, and the ONNX path never imports torch.
 
 Later: ``cache.py`` has the same pool set-up (fork, ignore SIGINT in workers, die with the parent);
 the two could share one helper once nobody else is editing ``cache.py``.
@@ -21,7 +21,6 @@ import itertools
 import multiprocessing as mp
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -51,8 +50,9 @@ class Decoded:
 def decoded_batches(inputs: Iterator[Input], size: int, batch_size: int, workers: int,
                     ahead: int | None = None) -> Iterator[Decoded]:
     """Batches of ``inputs``, decoded to ``size`` px, in order; see the module doc."""
-    if "torch" not in sys.modules:
-        images.resize_without_torch()
+    # Pillow resizes for every engine: the same pixels whichever engine scores them (torch's kernel
+    # differs by up to a grey level), and the ONNX path never imports torch.
+    images.resize_without_torch()
     batches = iter(lambda: list(itertools.islice(inputs, batch_size)), [])
     if workers <= 0:
         _init(size, None)

@@ -72,7 +72,7 @@ def run_predict(arguments: list[str], *, model: str | None, output: str | None, 
         from uiaa_cli.tables import table_format
 
         table_format(output, fmt)  # an unknown extension is an error before any work (cli checks the path)
-    from uiaa_cli.inference import open_engine
+    from uiaa_cli.engines import open_engine
 
     scorer = open_engine(model, engine, device)
     config = scorer.config
