@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import h5py
 import numpy as np
@@ -21,7 +20,7 @@ AVA_LINES = (
 
 
 def read_csv(data: bytes) -> pd.DataFrame:
-    return pd.read_csv(io.BytesIO(data), comment="#", dtype={"image": str})
+    return pd.read_csv(io.BytesIO(data), dtype={"image": str})
 
 
 def test_ava_to_csv_on_stdout(uiaa, tmp_path):
@@ -121,14 +120,17 @@ def test_scale_override_and_min_votes(uiaa, tmp_path):
     assert "fewer than 2 votes" in r.stderr.decode()
 
 
-def test_attribute_line_round_trips_through_a_pipe(uiaa, tmp_path):
+def test_plain_csv_and_attributes_through_a_parquet_pipe(uiaa, tmp_path):
     r = uiaa("labels", "-", "--lam", "0.3", "--cap", "2", input=AVA_LINES.encode())
-    first = r.stdout.split(b"\n", 1)[0]
-    attrs = json.loads(first.split(b": ", 1)[1])
-    assert attrs["kind"] == "gauss-mv" and attrs["lam"] == 0.3 and attrs["cap"] == 2
-    c = uiaa("convert", "-", tmp_path / "l.h5", input=r.stdout)
+    assert r.stdout.startswith(b"image,votes,mean,std,1,2,")  # plain: the header is the first line
+    frame = pd.read_csv(io.BytesIO(r.stdout))  # no options
+    assert len(frame) == len(AVA_LINES.splitlines()) and frame.columns[0] == "image"
+    assert np.allclose(frame[[f"p_{b}" for b in range(1, 11)]].sum(axis=1), 1)
+    p = uiaa("labels", "-", "--lam", "0.3", "--cap", "2", "--to", "parquet", input=AVA_LINES.encode())
+    c = uiaa("convert", "-", tmp_path / "l.h5", input=p.stdout)
     assert c.returncode == 0, c.stderr
-    assert read_table(tmp_path / "l.h5").attrs["lam"] == 0.3
+    attrs = read_table(tmp_path / "l.h5").attrs
+    assert attrs["kind"] == "gauss-mv" and attrs["lam"] == 0.3 and attrs["cap"] == 2
 
 
 @pytest.mark.parametrize("content, message", [

@@ -92,7 +92,7 @@ def root(
 ) -> None:
     """uiaa turns ratings into targets, caches images, trains, predicts, evaluates and converts.
 
-    Each subcommand reads and writes plain tables (CSV, TSV, HDF5) and composes in pipes:
+    Each subcommand reads and writes plain tables (CSV, TSV, Parquet, HDF5) and composes in pipes:
 
       uiaa labels AVA.txt --kind gauss-mv --lam 0.5 > labels.csv
       uiaa cache labels.csv --images ava/images -o ava.h5
@@ -123,12 +123,6 @@ class SourceFormat(str, Enum):
 
 
 class TableFormat(str, Enum):
-    csv = "csv"
-    tsv = "tsv"
-    h5 = "h5"
-
-
-class PredictFormat(str, Enum):
     csv = "csv"
     tsv = "tsv"
     parquet = "parquet"
@@ -183,7 +177,8 @@ def labels(
                                                                    "(default: detected).")] = None,
     scale: Annotated[Optional[str], typer.Option(help="The rating scale, e.g. 1..10 or 1,2,3,4,5 "
                                                       "(default: inferred).")] = None,
-    output: Annotated[str, typer.Option("--output", "-o", help="Output file (.csv, .tsv, .h5); - for stdout.")] = "-",
+    output: Annotated[str, typer.Option("--output", "-o", help="Output file (.csv, .tsv, .parquet, .h5); - "
+                                                             "for stdout.")] = "-",
     to: Annotated[Optional[TableFormat], typer.Option(help="Output format (default: by extension; csv on "
                                                            "stdout).")] = None,
     quiet: Quiet = False,
@@ -233,15 +228,15 @@ def labels(
   uiaa predict photos/ -o preds.csv && uiaa evaluate preds.csv labels.csv --plot scatter.png
 """)
 def evaluate(
-    predictions: Annotated[str, typer.Argument(help="Predictions: image, score[, std][, p_*] (csv/tsv/h5, - for "
-                                                    "stdin).")],
+    predictions: Annotated[str, typer.Argument(help="Predictions: image, score[, std][, p_*] (csv/tsv/parquet/"
+                                                    "h5, - for stdin).")],
     labels_file: Annotated[str, typer.Argument(metavar="LABELS", help="A labels table made by 'uiaa labels' "
                                                                        "(or a cache).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print the metrics as one CSV row.")] = False,
     threshold: Annotated[Optional[float], typer.Option(help="Accuracy threshold (default: the labels').")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a scatter of predicted against true score "
-                                                      "(PNG).")] = None,
+                                                      "(.png, .jpg, .webp, ...).")] = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -256,8 +251,10 @@ def evaluate(
             raise UiaaError("only one of the two tables can come from stdin")
         if plot is not None:
             from uiaa_cli.outputs import check_output
+            from uiaa_cli.plot import plot_format
 
             check_output(str(plot), inputs=[predictions, labels_file], what="plot", stdout=False)
+            plot_format(plot)
         preds, labs = read_table(predictions), read_table(labels_file)
         result = evaluation.evaluate_tables(preds, labs, threshold)
         text = (evaluation.as_json if as_json else evaluation.as_csv if as_csv else evaluation.as_text)(result)
@@ -282,44 +279,57 @@ def evaluate(
 
 @app.command(epilog="""Examples:
 
-  uiaa convert labels.csv labels.h5            # and back: uiaa convert labels.h5 labels.csv
+  uiaa convert labels.csv labels.parquet       # and back: uiaa convert labels.parquet labels.csv
 
   uiaa convert labels.csv - --to tsv | cut -f1,3
+
+  uiaa convert part-1.csv part-2.csv part-3.csv preds.parquet   # join the parts (same columns)
 
   uiaa convert runs/latest/best.pt model.onnx  # needs uiaa[onnx]
 
   uiaa convert runs/latest/best.pt model.ts    # TorchScript
+
+Tables convert losslessly; CSV and TSV carry no attributes (kind, parameters, model): those travel
+in Parquet and HDF5. Several inputs are concatenated in order into the one output.
 
 An exported model takes pixels (N, 3, S, S): RGB values 0..255 (uint8; TorchScript also float), the
 whole image warp-resized to the checkpoint's size S (no crop, bilinear), EXIF orientation applied,
 channels first. It normalises inside and returns score (N,) and probs (N, K), exactly as predict.
 """)
 def convert(
-    source: Annotated[str, typer.Argument(metavar="IN", help="A uiaa table (csv/tsv/h5, - for stdin) or a "
-                                                             "checkpoint (.pt).")],
-    target: Annotated[str, typer.Argument(metavar="OUT", help="The output: .csv, .tsv, .h5, or - for stdout; "
-                                                              "for a checkpoint .onnx or .ts.")],
+    paths: Annotated[list[str], typer.Argument(metavar="IN... OUT", help="One or more uiaa tables (csv, tsv, "
+                                                "parquet, h5; - for stdin) or one checkpoint (.pt), then the "
+                                                "output: .csv, .tsv, .parquet, .h5 or - for stdout; for a "
+                                                "checkpoint .onnx or .ts.")],
     to: Annotated[Optional[TableFormat], typer.Option(help="Output format (default: by extension).")] = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Convert tables between CSV, TSV and HDF5 losslessly; export a checkpoint to TorchScript/ONNX."""
+    """Convert tables between CSV, TSV, Parquet and HDF5 losslessly, joining several into one; export a
+    checkpoint to TorchScript/ONNX."""
     with handled("convert", quiet, debug):
         from uiaa_cli.outputs import check_output
-        from uiaa_cli.tables import read_table, write_table
+        from uiaa_cli.tables import concat_tables
 
-        check_output(target, inputs=[source])
-        if Path(source).suffix.lower() in (".pt", ".pth", ".ckpt"):
+        if len(paths) < 2:
+            raise UiaaError("give an input and an output: uiaa convert IN... OUT")
+        *sources, target = paths
+        if sources.count("-") > 1:
+            raise UiaaError("only one input can come from stdin")
+        check_output(target, inputs=sources)
+        if any(Path(s).suffix.lower() in (".pt", ".pth", ".ckpt") for s in sources):
+            if len(sources) > 1:
+                raise UiaaError("convert one checkpoint at a time")
             from uiaa_cli.export import export_model  # imports torch: only for checkpoints
 
-            config = export_model(source, target)
+            config = export_model(sources[0], target)
             size = config["size"]
-            say(f"uiaa convert: {source} -> {target}: input pixels (N, 3, {size}, {size}) RGB 0..255, "
+            say(f"uiaa convert: {sources[0]} -> {target}: input pixels (N, 3, {size}, {size}) RGB 0..255, "
                 f"outputs score (N,) and probs (N, {len(config['targets'])})")
             return
-        table = read_table(source)
-        write_table(table, target, to.value if to else None)
-        say(f"uiaa convert: {len(table):,} rows, {len(table.names)} columns -> {target}")
+        rows, columns = concat_tables(sources, target, to.value if to else None)
+        say(f"uiaa convert: {rows:,} rows, {columns} columns -> {target}"
+            + (f" (from {len(sources)} tables)" if len(sources) > 1 else ""))
 
 
 # ------------------------------------------------------------------------- cache, train, predict
@@ -344,7 +354,7 @@ Exit status: 0 all images cached, 1 some images skipped (listed on stderr and in
 """)
 def cache(
     labels_file: Annotated[str, typer.Argument(metavar="LABELS", help="A labels table made by 'uiaa labels' "
-                                                                       "(csv/tsv/h5).")],
+                                                                       "(csv/tsv/parquet/h5).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The cache to write (.h5).")],
     images: Annotated[Optional[Path], typer.Option("--images", help="Folder the image names are relative to "
                                                                     "(default: the labels file's folder).")] = None,
@@ -501,7 +511,7 @@ def predict(
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write a table (.csv, .tsv, .parquet, "
                                                    ".h5) with a header: image, [shard,] score, std, p_*. "
                                                    "Default: path<TAB>score lines on stdout.")] = None,
-    to: Annotated[Optional[PredictFormat], typer.Option(help="Format of -o (default: by extension).")] = None,
+    to: Annotated[Optional[TableFormat], typer.Option(help="Format of -o (default: by extension).")] = None,
     images: Annotated[Optional[str], typer.Option(help="Folder of a table's images (default: the table's "
                                                        "folder).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -532,8 +542,10 @@ def predict(
             raise UiaaError("no inputs: give image files, folders, - (paths on stdin), tar shards or a table")
         if output is not None:
             from uiaa_cli.outputs import check_output
+            from uiaa_cli.tables import table_format
 
             check_output(output, inputs=[*inputs, *([model] if model else [])])
+            table_format(output, to.value if to else None)  # an unknown extension is refused before the work
         interactive = sys.stderr.isatty() and not quiet
         result = run_predict(inputs, model=model, output=output, fmt=to.value if to else None, images=images,
                              device=device, batch_size=batch_size, workers=workers,

@@ -236,7 +236,29 @@ def probability_columns(table: Table) -> list[str]:
     return [n for n in table.names if n.startswith("p_")]
 
 
+def table_kind(table: Table) -> str:
+    """The kind of a labels table's targets: its ``kind`` attribute (Parquet, HDF5), else read from
+    the columns and values, as a plain CSV has no attributes.
+
+    Targets ``p_low, p_high`` are ``binary`` when every ``p_high`` is 0 or 1, else ``soft``; per-bin
+    targets are ``rsd`` when they equal the vote shares (the bin columns), else ``gauss`` (a
+    Gaussian kind; nv and mv cannot be told apart without the attributes).
+    """
+    if table.attrs.get("kind"):
+        return str(table.attrs["kind"])
+    targets = probability_columns(table)
+    if targets == ["p_low", "p_high"]:
+        high = table.matrix(["p_high"])[:, 0]
+        return "binary" if np.all((high == 0) | (high == 1)) else "soft"
+    rsd = rsd_columns(table)
+    if len(rsd) == len(targets) and all(n in table for n in rsd) and \
+            np.allclose(table.matrix(rsd), table.matrix(targets), rtol=0, atol=1e-12):
+        return "rsd"
+    return "gauss"
+
+
 def table_threshold(table: Table, bins: np.ndarray) -> float:
-    """The binary threshold a labels table was made with (default ``b_ceil(M/2)``)."""
+    """The binary threshold a labels table was made with: its attribute (Parquet, HDF5), else the
+    scale's default ``b_ceil(M/2)`` (a plain CSV does not record a ``--threshold``)."""
     t = table.attrs.get("threshold")
     return float(t) if t is not None else default_threshold(bins)

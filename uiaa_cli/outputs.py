@@ -114,7 +114,8 @@ def _check_writable_folder(folder: str, shown: str) -> None:
 
 def write_error(e: OSError, path: str | os.PathLike) -> UiaaError:
     """A write failure as the one-line error naming the output."""
-    return UiaaError(f"cannot write: {e.strerror or e}", where=at(str(path), output=True))
+    why = os.strerror(e.errno) if e.errno else (e.strerror or str(e)).splitlines()[0]
+    return UiaaError(f"cannot write: {why}", where=at(str(path), output=True))
 
 
 @contextlib.contextmanager

@@ -7,13 +7,31 @@ from typing import Any
 
 import numpy as np
 
+from uiaa_cli.errors import UiaaError, at
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".gif": "GIF",
+                 ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def plot_format(path: str | Path) -> str:
+    """Pillow's format for the plot's extension (PNG for a device or pipe); an unknown one is an error."""
+    from uiaa_cli.outputs import is_special
+
+    suffix = Path(path).suffix.lower()
+    if suffix in IMAGE_FORMATS:
+        return IMAGE_FORMATS[suffix]
+    if is_special(path):
+        return "PNG"
+    raise UiaaError(f"unknown image extension {suffix or '(none)'!r}: name the plot .png, .jpg, .webp, .gif, "
+                    ".bmp or .tif", where=at(str(path), output=True))
+
 
 def scatter_png(result: Any, predictions: Any, labels: Any, path: Path, size: int = 640) -> None:
     """Predicted score (y) against mean vote (x) on the labels' scale, with the diagonal and SRCC."""
     from PIL import Image, ImageDraw
 
     from uiaa_cli.labels import table_bins
-    from uiaa_cli.tables import atomic_path
+    from uiaa_cli.outputs import atomic_output
 
     _, pi, li = np.intersect1d(predictions["image"].astype(str), labels["image"].astype(str), return_indices=True)
     x = labels.matrix(["mean"])[li, 0]
@@ -38,5 +56,5 @@ def scatter_png(result: Any, predictions: Any, labels: Any, path: Path, size: in
     draw.text((margin, 12), f"predicted vs mean vote, n = {len(x):,}, SRCC = {srcc:.3f}", fill="black")
     draw.text((margin, size - margin + 8), f"mean vote ({lo:g} .. {hi:g})", fill="black")
     draw.text((4, margin - 16), "predicted", fill="black")
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+    with atomic_output(path) as tmp:
+        img.save(tmp, format=plot_format(path))

@@ -15,7 +15,8 @@ from typing import BinaryIO
 import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.tables import Table, parse_delimited, utf8
+from uiaa_cli.formats import check_text, sniff
+from uiaa_cli.tables import Table, read_table, utf8
 
 SOURCE_FORMATS = ("ava", "counts", "koniq", "long")
 CHUNK_BYTES = 1 << 20  # ~21,000 AVA lines a chunk
@@ -73,12 +74,18 @@ def iter_ratings(path: str, source_format: str | None = None, scale: str | None 
         first = stream.read(chunk_bytes)
         if not first.strip():
             raise UiaaError("empty input: no ratings", where=at(path))
-        fmt = source_format or detect_format(first)
+        table = None
+        if sniff(first) != "text":  # a Parquet or HDF5 counts table: its columns say the format
+            table = read_table(path, data=first + stream.read() if path == "-" else None)
+            fmt = source_format or detect_format(",".join(table.names).encode())
+        else:
+            fmt = source_format or detect_format(first)
         if fmt not in SOURCE_FORMATS:
             raise UiaaError(f"unknown ratings format {fmt!r}; choose one of {', '.join(SOURCE_FORMATS)}")
         bins = parse_scale(scale) if scale else None
-        if fmt != "ava":
-            table = parse_delimited(first + stream.read(), path)
+        if fmt != "ava" or table is not None:
+            if table is None:
+                table = read_table(path, data=first + stream.read())
             if fmt == "long":
                 ratings = parse_long(table, path, bins)
             else:
@@ -89,6 +96,7 @@ def iter_ratings(path: str, source_format: str | None = None, scale: str | None 
         seen = SeenImages()
         line = 1
         for block in line_blocks(stream, first, chunk_bytes):
+            check_text(block, path, line)  # ids that are not UTF-8: one line naming the line
             ratings = parse_ava(block, path, first_line=line)
             line += block.count(b"\n")
             if bins is not None:

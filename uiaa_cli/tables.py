@@ -1,9 +1,12 @@
-"""uiaa tables: one image per row, named columns, a few attributes; CSV, TSV or HDF5; stdin/stdout.
+"""uiaa tables: one image per row, named columns, a few attributes; CSV, TSV, Parquet or HDF5.
 
-A table is a dict of equal-length numpy columns plus ``attrs`` (kind, scale, parameters). In CSV and
-TSV the attributes travel as one leading comment line ``# uiaa: {json}`` (read with
-``pandas.read_csv(f, comment="#")``); in HDF5 they are attributes of the table's group. Writing
-goes to a temporary name that is renamed when complete, so a crash never leaves half a file.
+A table is a dict of equal-length numpy columns plus ``attrs`` (kind, scale, parameters: the
+provenance). CSV and TSV are plain (the header is the first line, so every CSV reader takes them
+with default options) and carry no attributes: everything a command needs is in the column names.
+Parquet keeps the attributes as schema metadata (key ``uiaa``, JSON), HDF5 as attributes of the
+table's group. Files written by older versions with a ``# uiaa: {json}`` first line still read.
+Inputs are recognised by content first (:mod:`uiaa_cli.formats`), outputs by extension or ``--to``;
+writing goes through :mod:`uiaa_cli.outputs` (temporary name and rename, devices written through).
 
 Built on pyarrow's CSV engine: pandas' ``to_csv`` takes ~12 s for 255k x 24 floats, arrow ~0.5 s.
 pyarrow is imported so as never to pull in pandas (``pa.array`` would), keeping start-up fast.
@@ -24,7 +27,10 @@ import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
 
-FORMATS = ("csv", "tsv", "h5")
+FORMATS = ("csv", "tsv", "parquet", "h5")
+EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet",
+              ".h5": "h5", ".hdf5": "h5"}
+PARQUET_META_KEY = b"uiaa"
 TABLE_GROUP = "table"
 META_PREFIX = b"# uiaa: "
 STRING_COLUMNS = ("image",)
@@ -70,30 +76,33 @@ class Table:
 
 
 def table_format(path: str | os.PathLike, fmt: str | None = None) -> str:
-    """``csv``, ``tsv`` or ``h5`` from ``--format`` or the file's extension (``-``: csv)."""
+    """``csv``, ``tsv``, ``parquet`` or ``h5`` of an output, from ``--to`` or the file's extension.
+
+    ``-`` (stdout), a device and a named pipe default to CSV; any other name must have an
+    extension the CLI knows: ``x.txt`` is an error, never a silent CSV.
+    """
     if fmt:
         fmt = fmt.lower().lstrip(".")
-        fmt = {"hdf5": "h5", "tab": "tsv", "txt": "tsv"}.get(fmt, fmt)
+        fmt = {"hdf5": "h5", "tab": "tsv", "txt": "tsv", "pq": "parquet"}.get(fmt, fmt)
         if fmt not in FORMATS:
-            raise UiaaError(f"unknown format {fmt!r}; choose csv, tsv or h5")
+            raise UiaaError(f"unknown format {fmt!r}; choose csv, tsv, parquet or h5")
         return fmt
     suffix = Path(str(path)).suffix.lower()
-    if suffix in (".h5", ".hdf5"):
-        return "h5"
-    if suffix in (".tsv", ".tab"):
-        return "tsv"
-    return "csv"
+    if suffix in EXTENSIONS:
+        return EXTENSIONS[suffix]
+    from uiaa_cli.outputs import is_special
+
+    if str(path) == "-" or is_special(path):
+        return "csv"
+    raise UiaaError(f"unknown table extension {suffix or '(none)'!r}: name it .csv, .tsv, .parquet or .h5, "
+                    "or give --to", where=at(str(path), output=True))
 
 
 def is_hdf5(path: str | os.PathLike) -> bool:
     """True for a file that starts with the HDF5 signature."""
-    if str(path) == "-":
-        return False
-    try:
-        with open(path, "rb") as f:
-            return f.read(8) == b"\x89HDF\r\n\x1a\n"
-    except OSError:
-        return False
+    from uiaa_cli.formats import read_head, sniff
+
+    return sniff(read_head(str(path))) == "h5"
 
 
 # ----------------------------------------------------------------------------------- reading
@@ -114,15 +123,47 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 
 
 def read_table(path: str | os.PathLike, fmt: str | None = None, *, data: bytes | None = None) -> Table:
-    """Read a uiaa table (CSV/TSV by content or name, HDF5 by signature or name)."""
+    """Read a uiaa table: HDF5 and Parquet by their signatures, else text (CSV/TSV, delimiter sniffed
+    unless the name or ``fmt`` says TSV or CSV)."""
+    from uiaa_cli.formats import read_head, sniff
+
     path = str(path)
-    if (fmt is None and is_hdf5(path)) or (fmt and table_format(path, fmt) == "h5"):
+    kind = sniff(data[:8] if data is not None else read_head(path))
+    if kind == "h5" and data is None:
         return read_h5_table(path)
     if data is None:
         data = read_bytes(path)
-    if fmt is None:
-        fmt = table_format(path) if path != "-" else None
-    return parse_delimited(data, path, delimiter=None if fmt is None else ("\t" if fmt == "tsv" else ","))
+        kind = sniff(data[:8])  # stdin or a pipe: known only now
+    if kind == "h5" and (path == "-" or not os.path.isfile(path)):
+        raise UiaaError("HDF5 cannot be read from stdin or a pipe; give the file's name", where=at(path))
+    if kind == "h5":
+        return read_h5_table(path)
+    if kind == "parquet":
+        return read_parquet_table(data, path)
+    named = fmt or EXTENSIONS.get(Path(path).suffix.lower())
+    delimiter = {"tsv": "\t", "csv": ","}.get(named or "")
+    return parse_delimited(data, path, delimiter=delimiter)
+
+
+def read_parquet_table(data: bytes, path: str) -> Table:
+    """A Parquet file's columns as numpy, its ``uiaa`` schema metadata as the attributes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        arrow = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as e:
+        raise UiaaError(f"not a readable Parquet file: {str(e).splitlines()[0]}", where=at(path)) from None
+    meta = arrow.schema.metadata or {}
+    attrs: dict[str, Any] = {}
+    if PARQUET_META_KEY in meta:
+        try:
+            attrs = json.loads(meta[PARQUET_META_KEY])
+        except ValueError:
+            raise UiaaError("unreadable 'uiaa' metadata", where=at(path)) from None
+    if len(set(arrow.column_names)) != len(arrow.column_names):
+        raise UiaaError("duplicate column names", where=at(path))
+    return Table({name: arrow_to_numpy(arrow.column(name)) for name in arrow.column_names}, attrs)
 
 
 def sniff_delimiter(header: bytes) -> str:
@@ -135,10 +176,11 @@ def parse_delimited(data: bytes, path: str, delimiter: str | None = None) -> Tab
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    from uiaa_cli.formats import check_text
+
     attrs: dict[str, Any] = {}
     skip = 0
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    data = check_text(data, path)
     if data.startswith(b"#"):
         first, _, _ = data.partition(b"\n")
         if first.startswith(META_PREFIX):
@@ -222,19 +264,34 @@ def read_h5_table(path: str, group: str = TABLE_GROUP) -> Table:
             if group not in f:
                 raise UiaaError(f"no '{group}' group: not a uiaa table or cache", where=at(path))
             g = f[group]
-            names = [str(n) for n in g.attrs.get("columns", list(g.keys()))]
+            if not isinstance(g, h5py.Group):
+                raise UiaaError(f"'{group}' is not a group of columns: not a uiaa table or cache", where=at(path))
+            names = [from_h5_attr(n) for n in g.attrs.get("columns", list(g.keys()))]
             columns = {}
             for name in names:
-                ds = g[name]
+                ds = g.get(name)
+                if not isinstance(ds, h5py.Dataset) or ds.ndim != 1:
+                    raise UiaaError(f"column {name!r} is listed but {'missing' if ds is None else 'not 1-D'}",
+                                    where=at(path))
                 if h5py.check_string_dtype(ds.dtype) is not None:
-                    columns[name] = np.array(ds.asstr()[()], dtype=str)
-                else:
+                    try:
+                        columns[name] = np.array(ds.asstr()[()], dtype=str)
+                    except UnicodeDecodeError:
+                        raise UiaaError(f"column {name!r} holds bytes that are not UTF-8", where=at(path)) from None
+                elif ds.dtype.kind in "biuf":
                     columns[name] = ds[()]
+                else:
+                    raise UiaaError(f"column {name!r} has an unsupported type {ds.dtype}", where=at(path))
             attrs = {k: from_h5_attr(v) for k, v in g.attrs.items() if k != "columns"}
     except FileNotFoundError:
         raise UiaaError("no such file", where=at(path)) from None
-    except OSError as e:
-        raise UiaaError(f"not a readable HDF5 file ({e})", where=at(path)) from None
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise UiaaError(f"not a readable HDF5 file ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                        where=at(path)) from None
+    lengths = {name: len(v) for name, v in columns.items()}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{k} {v}" for k, v in list(lengths.items())[:6])
+        raise UiaaError(f"columns of different lengths ({shown})", where=at(path))
     return Table(columns, attrs)
 
 
@@ -267,6 +324,35 @@ def write_table(table: Table, path: str | os.PathLike, fmt: str | None = None) -
         writer.write(table)
 
 
+def concat_tables(paths: list[str], target: str, fmt: str | None = None) -> tuple[int, int]:
+    """Write the rows of every table in ``paths``, in order, to ``target``; (rows, columns) written.
+
+    The tables must have the same columns in the same order (the parts of one table, e.g. a sharded
+    predict); the attributes are the first table's. One table is in memory at a time.
+    """
+    with TableWriter(target, fmt) as writer:
+        first: Table | None = None
+        for path in paths:
+            table = read_table(path)
+            if first is None:
+                first = table
+            elif table.names != first.names:
+                raise UiaaError(f"its columns ({_shown(table.names)}) differ from those of {paths[0]} "
+                                f"({_shown(first.names)}): only parts of one table can be joined",
+                                where=at(path))
+            try:
+                writer.write(table)
+            except UiaaError as e:
+                raise UiaaError(f"{e.message}: only parts of one table can be joined", where=at(path)) from None
+            del table
+    assert first is not None
+    return writer.rows, len(first.names)
+
+
+def _shown(names: list[str], most: int = 8) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
 class TableWriter:
     """Write a table in chunks of rows (memory stays flat), to a file atomically or to stdout.
 
@@ -277,13 +363,15 @@ class TableWriter:
     def __init__(self, path: str | os.PathLike, fmt: str | None = None, group: str = TABLE_GROUP) -> None:
         self.path, self.fmt, self.group = str(path), table_format(path, fmt), group
         if self.fmt == "h5" and self.path == "-":
-            raise UiaaError("HDF5 cannot go to stdout; give a file name with -o")
+            raise UiaaError("HDF5 cannot go to stdout: give a file name", where=at("-", output=True))
         self.rows = 0
         self._names: list[str] | None = None
         self._atomic: Any = None
         self._out: Any = None
         self._pending: Any = None
         self._pool: Any = None
+        self._parquet: Any = None
+        self._tmp: Any = None
 
     def __enter__(self) -> TableWriter:
         if self.path != "-":
@@ -294,7 +382,12 @@ class TableWriter:
             if self.fmt == "h5":
                 import h5py
 
-                self._out = h5py.File(tmp, "w")
+                # Built in memory (the core driver) and written out at the end by Python: HDF5's own
+                # writes on a full disk crash h5py's close (a segfault), Python's fail cleanly.
+                self._out = h5py.File(f"{tmp}.core", "w", driver="core", backing_store=False)
+                self._tmp = tmp
+            elif self.fmt == "parquet":
+                self._out = open(tmp, "wb")  # noqa: SIM115 - closed in __exit__
             else:
                 import pyarrow.fs
 
@@ -312,7 +405,15 @@ class TableWriter:
             return
         self.rows += len(table)
         if self.fmt == "h5":
-            append_h5_rows(self._out[self.group], table)
+            g = self._out[self.group]
+            for name, values in table.columns.items():
+                if (values.dtype.kind in "USO") != (g[name].dtype.kind == "O") or \
+                        (values.dtype.kind == "f" and g[name].dtype.kind in "iu"):
+                    raise UiaaError(f"column {name!r} is {values.dtype} here and {g[name].dtype} in the rows before")
+            append_h5_rows(g, table)
+            return
+        if self.fmt == "parquet":
+            self._parquet.write_table(arrow_table(table, self._parquet.schema))  # one row group per chunk
             return
         self._wait()
         if self._pool is None:
@@ -326,12 +427,24 @@ class TableWriter:
         if self.fmt == "h5":
             create_h5_group(self._out, table, self.group)
             return
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            schema = arrow_table(table).schema
+            if table.attrs:
+                schema = schema.with_metadata({PARQUET_META_KEY: json.dumps(table.attrs).encode()})
+            self._parquet = pq.ParquetWriter(self._out, schema)
+            return
         self._delimiter = "\t" if self.fmt == "tsv" else ","
-        head = b""
-        if table.attrs:
-            head += META_PREFIX + json.dumps(table.attrs, separators=(",", ":")).encode() + b"\n"
-        head += (self._delimiter.join(_quote(n, self._delimiter) for n in table.names) + "\n").encode()
+        # plain: the header is the first line; the attributes (provenance) go only to Parquet and HDF5
+        head = (self._delimiter.join(_quote(n, self._delimiter) for n in table.names) + "\n").encode()
         self._out.write(head)
+
+    def _finish_h5(self, failed: bool) -> None:
+        if failed:
+            self._out.close()
+        else:
+            _h5_image_to(self._out, self._tmp)
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -347,8 +460,12 @@ class TableWriter:
         if self._pool is not None:
             self._pool.shutdown()
         try:
+            if self._parquet is not None:
+                self._parquet.close()  # the footer: a Parquet file is complete only now
             if self.path == "-":
                 self._out.flush()
+            elif self.fmt == "h5":
+                self._finish_h5(failed=(exc or late) is not None)
             else:
                 self._out.close()  # may fail too (a full disk shows at the last flush)
         except BaseException as e:
@@ -363,6 +480,17 @@ class TableWriter:
                 if late.errno in WRITE_ERRNOS:
                     raise write_error(late, self.path) from None
             raise late
+
+
+def _h5_image_to(f: Any, path: Path) -> None:
+    """Write an in-memory (core driver) HDF5 file's bytes to ``path`` and close it."""
+    try:
+        f.flush()
+        image = f.id.get_file_image()
+    finally:
+        f.close()
+    with open(path, "wb") as out:
+        out.write(image)
 
 
 def write_h5_group(f: Any, table: Table, group: str = TABLE_GROUP) -> None:
@@ -445,6 +573,20 @@ def _quote(name: str, delimiter: str) -> str:
     if any(ch in name for ch in (delimiter, '"', "\n", "\r")):
         return '"' + name.replace('"', '""') + '"'
     return name
+
+
+def arrow_table(table: Table, schema: Any = None) -> Any:
+    """``table`` as an arrow table (strings UTF-8, integers int64, other numbers float64)."""
+    import pyarrow as pa
+
+    arrays = [_string_array(v.astype(str)) if v.dtype.kind in "USO" else _numeric_array(v)
+              for v in table.columns.values()]
+    if schema is not None:
+        for array, want, name in zip(arrays, schema.types, table.names):
+            if array.type != want:
+                raise UiaaError(f"column {name!r} is {array.type} here and {want} in the rows before")
+        return pa.Table.from_arrays(arrays, schema=schema)
+    return pa.Table.from_arrays(arrays, names=table.names)
 
 
 def write_rows(table: Table, out: Any, delimiter: str = ",") -> None:

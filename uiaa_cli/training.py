@@ -41,7 +41,14 @@ from torch import nn
 from uiaa_cli import metrics
 from uiaa_cli.data import CacheSource, Normalise, Source, epoch_batches, flip_mask, open_source
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.labels import TWO_SET_KINDS, probability_columns, rsd_columns, table_bins, table_threshold
+from uiaa_cli.labels import (
+    TWO_SET_KINDS,
+    probability_columns,
+    rsd_columns,
+    table_bins,
+    table_kind,
+    table_threshold,
+)
 from uiaa_cli.losses import LOSSES, activate, loss_function
 from uiaa_cli.models import (
     ARCHS,
@@ -368,8 +375,15 @@ class Trainer:
     """One training run: data, model, optimiser, and the loop with its checkpoints."""
 
     def __init__(self, settings: TrainSettings, dist: Dist) -> None:
-        self.dist = dist
         self._lock: Any = None
+        try:
+            self.setup(settings, dist)
+        except BaseException:
+            self.close_lock()
+            raise
+
+    def setup(self, settings: TrainSettings, dist: Dist) -> None:
+        self.dist = dist
         saved = None
         if settings.resume:
             saved = self.load_resume(Path(settings.resume))
@@ -377,6 +391,7 @@ class Trainer:
         self.settings = s = settings
         if s.out and dist.main:  # before any work: a run that cannot be saved is not started
             check_output_folder(s.out, what="run folder", create=False)
+            self.lock_output(Path(s.out))
         if s.loss not in LOSSES:
             raise UiaaError(f"unknown loss {s.loss!r}; choose one of {', '.join(LOSSES)}")
         if s.arch not in ARCHS:
@@ -391,7 +406,7 @@ class Trainer:
         self.source = open_source(s.data, images=s.images, size=s.size, workers=workers, pin_memory=self.cuda)
         self.labels = labels_of(self.source.table, s.data)
         self.bins = table_bins(self.source.table)
-        self.kind = str(self.source.table.attrs.get("kind", "soft" if self.labels.targets.shape[1] == 2 else "rsd"))
+        self.kind = table_kind(self.source.table)
         self.target_names = probability_columns(self.source.table)
         self.size = self.source.size
         if s.val:
@@ -484,9 +499,7 @@ class Trainer:
         out = out or default_out(s.arch, self.kind, s.loss)
         if self.dist.main:
             check_output_folder(out, what="run folder")
-            lock = output_lock(out)  # released in close(): one run at a time writes a folder
-            lock.__enter__()
-            self._lock = lock
+            self.lock_output(out)
         if not resuming and (out / "last.pt").exists():
             self.close_lock()
             raise UiaaError(f"already holds a run: continue it with --resume {out}, or choose another --out",
@@ -696,6 +709,18 @@ class Trainer:
         if self.val_source is not self.source:
             self.val_source.close()
         self.close_lock()
+
+    def lock_output(self, out: Path) -> None:
+        """One run at a time writes a folder (released in close)."""
+        if self._lock is not None:
+            return
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UiaaError(f"cannot create the run folder: {e.strerror or e}", where=at(str(out))) from None
+        lock = output_lock(out)
+        lock.__enter__()
+        self._lock = lock
 
     def close_lock(self) -> None:
         if self._lock is not None:
