@@ -122,10 +122,12 @@ def input_kind(item: str) -> str:
         return "folder"
     if not stat.S_ISREG(mode):
         return "image"  # a pipe, socket or device: refused by the decoder without opening it
+    from uiaa_cli.formats import read_head, sniff
+
     suffix = Path(item).suffix.lower()
     if suffix in TAR_SUFFIXES:
         return "tar"
-    if suffix in TABLE_SUFFIXES:
+    if suffix in TABLE_SUFFIXES or sniff(read_head(item)) != "text":  # HDF5 or Parquet whatever its name
         return "table"
     return "image"
 
@@ -254,15 +256,13 @@ def is_labels_table(columns: list[str]) -> bool:
 
 def table_columns(path: str) -> list[str]:
     """A table's column names, from its header alone."""
-    from uiaa_cli.tables import is_hdf5
-
     kind = table_kind(path)
     try:
         if kind == "parquet":
             import pyarrow.parquet as pq
 
             return list(pq.ParquetFile(path).schema_arrow.names)
-        if is_hdf5(path):
+        if kind == "h5":
             from uiaa_cli.tables import read_table
 
             return read_table(path).names
@@ -272,27 +272,37 @@ def table_columns(path: str) -> list[str]:
         raise
     except Exception as e:  # noqa: BLE001 - pyarrow and h5py raise many types on bad files
         raise UiaaError(f"not a readable table ({reason(e)})", where=at(path)) from None
-    header = csv_header(head)
     import csv
 
-    delimiter = "\t" if kind == "tsv" or header.count("\t") > header.count(",") else ","
-    return next(csv.reader([header], delimiter=delimiter), [])
+    header = csv_header(head)
+    return next(csv.reader([header], delimiter=csv_delimiter(kind, header)), [])
 
 
 def table_kind(path: str) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    return "tsv" if suffix in (".tsv", ".tab") else "csv"
+    """``h5`` or ``parquet`` by content, else ``tsv`` or ``csv`` by name."""
+    from uiaa_cli.formats import read_head, sniff
+
+    kind = sniff(read_head(path))
+    if kind != "text":
+        return kind
+    return "tsv" if Path(path).suffix.lower() in (".tsv", ".tab") else "csv"
 
 
 def csv_header(head: bytes) -> str:
     """The header line of CSV/TSV bytes (after a byte-order mark and a ``# uiaa:`` line)."""
-    text = head.decode("utf-8", "replace").lstrip("\ufeff")
-    lines = text.splitlines()
-    while lines and lines[0].startswith("#"):
-        lines.pop(0)
+    lines = csv_lines(head.decode("utf-8", "replace").lstrip("\ufeff"))
     return lines[0] if lines else ""
+
+
+def csv_lines(text: str) -> list[str]:
+    """The lines of ``text`` from the header on (leading ``#`` comment lines dropped)."""
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    return lines[first:]
+
+
+def csv_delimiter(kind: str, header: str) -> str:
+    return "\t" if kind == "tsv" or header.count("\t") > header.count(",") else ","
 
 
 def table_column_blocks(path: str, column: str) -> Iterator[list[str]]:
@@ -305,17 +315,14 @@ def table_column_blocks(path: str, column: str) -> Iterator[list[str]]:
             import pyarrow.parquet as pq
 
             batches: Any = pq.ParquetFile(path).iter_batches(batch_size=BLOCK, columns=[column])
-        elif kind in ("csv", "tsv") and not _is_h5(path):
+        elif kind in ("csv", "tsv"):
             import pyarrow.csv as pacsv
 
             with open(path, "rb") as f:
                 head = f.read(1 << 16)
-            skip = 0
             text = head.decode("utf-8", "replace").lstrip("\ufeff")
-            while text.startswith("#"):
-                skip += 1
-                text = text.partition("\n")[2]
-            delimiter = "\t" if kind == "tsv" or csv_header(head).count("\t") > csv_header(head).count(",") else ","
+            skip = len(text.splitlines()) - len(csv_lines(text))  # the "# uiaa: ..." line of older files
+            delimiter = csv_delimiter(kind, csv_header(head))
             batches = pacsv.open_csv(
                 path, read_options=pacsv.ReadOptions(skip_rows=skip, block_size=1 << 22),
                 parse_options=pacsv.ParseOptions(delimiter=delimiter),
@@ -331,12 +338,6 @@ def table_column_blocks(path: str, column: str) -> Iterator[list[str]]:
             yield ["" if v is None else str(v) for v in values.to_pylist()]
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
         raise UiaaError(f"not a readable table ({reason(e)})", where=at(path)) from None
-
-
-def _is_h5(path: str) -> bool:
-    from uiaa_cli.tables import is_hdf5
-
-    return is_hdf5(path)
 
 
 # --------------------------------------------------------------------------------- sharding

@@ -141,15 +141,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 def write_part(rows: Table, path: Path) -> None:
     """One part, as Parquet, under a temporary name renamed when complete."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from uiaa_cli.tables import _numeric_array, _string_array
+    from uiaa_cli.tables import arrow_table
 
-    arrays = [_string_array(v.astype(str)) if v.dtype.kind in "USO" else _numeric_array(v)
-              for v in rows.columns.values()]
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.Table.from_arrays(arrays, names=rows.names), tmp, compression="zstd")
+    pq.write_table(arrow_table(rows), tmp, compression="zstd")
     os.replace(tmp, path)
 
 
