@@ -64,13 +64,14 @@ def test_tar_shards_with_a_corrupt_member(made, uiaa, tmp_path):
         add(tar, "000003.txt", b"caption")
         add(tar, "000004.jpg", jpeg_bytes(4))
         (folder / "4.jpg").write_bytes(jpeg_bytes(4))
-    result = uiaa("predict", "shard-000.tar", "shard-001.tar", "same", "-m", made["model"], "-o", "out.csv",
+    result = uiaa("predict", "shard-000.tar", "shard-001.tar", "same", "-m", made["model"], "-o", "out.parquet",
                   "--workers", "1", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     errors = problems(result.stderr)
     assert len(errors) == 1 and errors[0].startswith("uiaa predict: shard-001.tar: 000003: ")
-    table = read_table(tmp_path / "out.csv")
+    table = read_table(tmp_path / "out.parquet")
     assert table.names[:4] == ["image", "shard", "score", "std"]
+    assert table.attrs["config"]["arch"] == "resnet18" and table.attrs["config"]["size"] == 32  # the model's
     assert list(table["image"]) == ["000000", "000001", "sub/000002", "000004"] + [f"same/{i}.jpg" for i in
                                                                                   (0, 1, 2, 4)]
     assert list(table["shard"]) == ["shard-000.tar"] * 3 + ["shard-001.tar"] + [""] * 4

@@ -57,7 +57,7 @@ class PartialTable:
                                 "start again", where=at(str(folder)))
             manifest = read_manifest(folder)
             for key, what in (("model", "with another model"), ("inputs", "on other inputs"),
-                              ("options", "with other options (--shard, torchrun ranks)")):
+                              ("options", "with other options (--shard, torchrun ranks, --engine)")):
                 if manifest["identity"].get(key) != identity.get(key):
                     raise UiaaError(f"the interrupted run was made {what}: resume with the same command, or "
                                     "delete it to start again", where=at(str(folder)))

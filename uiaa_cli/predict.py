@@ -82,7 +82,8 @@ def run_predict(arguments: list[str], *, model: str | None, output: str | None, 
         workers = min(4, os.cpu_count() or 1)
     targets = [str(t) for t in config["targets"]]
     columns = ["image"] + (["shard"] if inputs.has_shards else []) + ["score", "std"] + targets
-    attrs = {"uiaa": "predict", "model": str(scorer.model), "kind": config.get("kind"), "bins": config["bins"],
+    checkpoint = str(getattr(scorer, "checkpoint", None) or scorer.model)
+    attrs = {"uiaa": "predict", "model": checkpoint, "kind": config.get("kind"), "bins": config["bins"],
              "config": json_safe(config)}
     # Job k of n, and rank r of w within it: the inputs at positions k + n r modulo n w.
     items = select_shard(iter(inputs), k + n * rank, n * world)
@@ -93,8 +94,11 @@ def run_predict(arguments: list[str], *, model: str | None, output: str | None, 
     if to_file:
         assert output is not None
         part_name = output if world == 1 else f"{output}.rank-{rank}-of-{world}"
-        identity = {"model": file_sha256(scorer.model), "inputs": inputs.arguments,
-                    "options": {"shard": [k, n], "rank": [rank, world], "columns": columns}}
+        # The checkpoint's hash (not its exported graph's, which an export could rewrite); the engine
+        # too, as the engines agree to 1e-4, not bit for bit.
+        identity = {"model": file_sha256(checkpoint),
+                    "inputs": inputs.arguments,
+                    "options": {"shard": [k, n], "rank": [rank, world], "columns": columns, "engine": scorer.name}}
         sink: Sink = PartsSink(part_name, identity, resume, attrs)
     elif output is not None:
         sink = TableSink(output, fmt, attrs)
@@ -105,6 +109,10 @@ def run_predict(arguments: list[str], *, model: str | None, output: str | None, 
         result = score_all(scorer, items, sink, columns, size=size, batch_size=batch_size, workers=workers,
                            progress=progress and rank == 0, inputs=inputs)
         result.seconds = time.perf_counter() - start
+        if not (result.scored or result.failed or result.carried) and world == 1 and n == 1:  # a shard may be empty
+            if isinstance(sink, PartsSink):
+                sink.partial.remove()
+            raise UiaaError("no inputs: nothing to score (an empty list on stdin, or shards with no samples?)")
         if world > 1:
             result = finish_distributed(result, output if to_file else None, fmt, attrs, columns, rank, world)
         elif to_file:
