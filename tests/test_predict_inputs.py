@@ -176,3 +176,28 @@ def test_named_pipes_are_skipped_and_names_escaped(made, uiaa, tmp_path):
     assert sorted(name for name, _ in rows) == sorted(f"{folder}/{n}" for n in
                                                       ("tab\\there.jpg", "new\\nline.jpg", "back\\\\slash.jpg"))
     assert len({score for _, score in rows}) == 1
+
+
+def test_join_merges_the_parts_of_several_ranks_in_input_order(tmp_path):
+    """Rank r holds inputs r, r + 3, ... (some failed, so absent), committed in parts of random sizes;
+    the join writes every row once, in input order, holding a part per rank at a time."""
+    from uiaa_cli import parts
+    from uiaa_cli.tables import Table
+
+    rng = np.random.default_rng(0)
+    kept = np.sort(rng.choice(300, 250, replace=False))
+    partials = []
+    for rank in range(3):
+        mine = kept[kept % 3 == rank]
+        partial = parts.PartialTable.start(tmp_path / f"r{rank}", {"model": "m"}, resume=False)
+        cuts = np.sort(rng.choice(np.arange(1, len(mine)), 4, replace=False))
+        for chunk in np.split(mine, cuts):
+            partial.append(Table({"_index": chunk, "image": np.array([f"i{i}" for i in chunk]),
+                                  "score": chunk / 10.0}))
+            partial.commit(int(chunk[-1]) + 1, "", 0)
+        partials.append(partial)
+    empty = Table({"_index": np.zeros(0, dtype=np.int64), "image": np.zeros(0, dtype=str), "score": np.zeros(0)})
+    written = parts.join(partials, str(tmp_path / "all.csv"), None, {}, empty)
+    table = read_table(tmp_path / "all.csv")
+    assert written == 250 and list(table["image"]) == [f"i{i}" for i in kept]
+    np.testing.assert_array_equal(table["score"], kept / 10.0)
