@@ -173,6 +173,12 @@ class TableFormat(str, Enum):
     h5 = "h5"
 
 
+class EngineName(str, Enum):
+    auto = "auto"
+    onnx = "onnx"
+    torch = "torch"
+
+
 class Divisor(str, Enum):
     two_var = "2var"
     var = "var"
@@ -611,24 +617,40 @@ def train(
 
   uiaa predict test.h5 -o preds.h5              # a cache: its stored pixels
 
+  uiaa predict shards/*.tar -o scores.parquet   # WebDataset shards: rows keyed by __key__ and shard
+
+  uiaa predict paths.parquet -o scores.parquet --resume   # continue after Ctrl-C or kill -9
+
+  uiaa predict shards/*.tar --shard $SLURM_ARRAY_TASK_ID/8 -o part$SLURM_ARRAY_TASK_ID.parquet
+
+  uiaa convert part*.parquet all.parquet        # join the 8 jobs' parts
+
   torchrun --nproc-per-node 4 -m uiaa_cli predict photos/ -o preds.csv
 """)
 def predict(
     inputs: Annotated[Optional[list[str]], typer.Argument(
-        metavar="INPUTS", help="Image files, folders (recursive), - for a list of paths on stdin, or a labels "
-                                  "table / cache (.csv, .tsv, .parquet, .h5) whose images are scored.")] = None,
+        metavar="INPUTS", help="Image files, folders (recursive), - for a list of paths on stdin, WebDataset "
+                                  "tar shards, a labels table or cache (its images), or a table with a column "
+                                  "of paths (path, image, file, filepath; .csv, .tsv, .parquet, .h5).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="A checkpoint (or a run folder). Default: "
                                                   "$UIAA_MODEL, else the newest under ./runs.")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write a table (.csv, .tsv, .parquet, "
-                                                   ".h5) with a header: image, score, std, p_*. Default: "
-                                                   "path<TAB>score lines on stdout.")] = None,
+                                                   ".h5) with a header: image, [shard,] score, std, p_*. "
+                                                   "Default: path<TAB>score lines on stdout.")] = None,
     to: Annotated[Optional[TableFormat], typer.Option(help="Format of -o (default: by extension).")] = None,
-    images: Annotated[Optional[str], typer.Option(help="Folder of a labels table's images (default: the "
-                                                       "table's folder).")] = None,
+    images: Annotated[Optional[str], typer.Option(help="Folder of a table's images (default: the table's "
+                                                       "folder).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    engine: Annotated[EngineName, typer.Option(help="auto: ONNX Runtime on CPU (the checkpoint exported once, "
+                                                     "kept beside it), torch on CUDA/MPS.")] = EngineName.auto,
     batch_size: Annotated[int, typer.Option(help="Images per batch.", callback=AT_LEAST_1)] = 32,
     workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: min(4, cores); 0 "
                                                         "decodes in the main process).", callback=AT_LEAST_0)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run of the same command "
+                                                          "(-o FILE; its parts are in FILE.partial/).")] = False,
+    shard: Annotated[Optional[str], typer.Option(help="K/N: score only job K's share of the inputs (those at "
+                                                      "positions K modulo N; K counts from 0), so N jobs score "
+                                                      "each input once.")] = None,
     progress: Annotated[bool, typer.Option("--progress", help="Show a progress bar even when stderr is not a "
                                                               "terminal.")] = False,
     quiet: Quiet = False,
@@ -640,10 +662,10 @@ def predict(
     any input failed, 2 for usage errors, 0 otherwise.
     """
     with handled("predict", quiet, debug):
-        from uiaa_cli.inference import run_predict
+        from uiaa_cli.predict import run_predict
 
         if not inputs:
-            raise UiaaError("no inputs: give image files, folders, - (paths on stdin) or a labels/cache file")
+            raise UiaaError("no inputs: give image files, folders, - (paths on stdin), tar shards or a table")
         if output is not None:
             from uiaa_cli.outputs import check_output
             from uiaa_cli.tables import table_format
@@ -653,9 +675,11 @@ def predict(
         interactive = sys.stderr.isatty() and not quiet
         result = run_predict(inputs, model=model, output=output, fmt=to.value if to else None, images=images,
                              device=device, batch_size=batch_size, workers=workers,
-                             progress=(interactive or progress) and not quiet)
-        if interactive or progress:
-            say(f"uiaa predict: {result.scored:,} images scored, {result.failed:,} failed, "
+                             progress=(interactive or progress) and not quiet, shard=shard, resume=resume,
+                             engine=engine.value)
+        if (interactive or progress) and os.environ.get("RANK", "0") == "0":
+            carried = f" ({result.carried:,} more by the interrupted run)" if result.carried else ""
+            say(f"uiaa predict: {result.scored:,} images scored{carried}, {result.failed:,} failed, "
                 f"{result.scored / max(result.seconds, 1e-9):.1f} images/s" + (f" -> {output}" if output else ""))
     if result.failed:
         raise typer.Exit(1)
