@@ -307,9 +307,11 @@ def exported_graph(checkpoint: Path, note: Callable[[str], None] = stderr_note) 
     target = beside if writable(beside.parent) else cached  # a read-only run folder: the user's cache
     note(f"exporting {checkpoint} for ONNX Runtime (once; kept as {target})")
     try:
-        export_model(checkpoint, target, "onnx")
+        target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UiaaError(f"cannot write the exported model ({e.strerror or e})", where=at(str(target))) from None
+        raise UiaaError(f"cannot make the folder for the exported model ({e.strerror or e})",
+                        where=at(str(target.parent))) from None
+    export_model(checkpoint, target, "onnx")  # atomic: a temporary name, renamed when whole
     return target
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.tables import atomic_path
+from uiaa_cli.outputs import atomic_output
 
 if TYPE_CHECKING:
     import torch
@@ -62,7 +62,7 @@ def export_model(checkpoint: str | os.PathLike, target: str | os.PathLike, fmt: 
     if checkpoint_source(checkpoint) != source:  # the hash must name the weights exported, not newer ones
         raise UiaaError("the checkpoint changed while it was being exported; try again", where=at(str(checkpoint)))
     example = torch.zeros((2, 3, int(config["size"]), int(config["size"])), dtype=torch.uint8)
-    with atomic_path(target) as tmp:
+    with atomic_output(target) as tmp:
         if fmt == "torchscript":
             to_torchscript(scorer, config, example, tmp)
         else:
