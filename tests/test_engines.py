@@ -295,10 +295,12 @@ def test_bad_models_and_choices_are_one_line_errors(setup, tmp_path: Path):
     del plain.metadata_props[:]
     onnx.save(plain, str(tmp_path / "plain.onnx"))
     (tmp_path / "junk.onnx").write_bytes(b"this is not a graph\n" * 10)
+    (tmp_path / "cut.pt").write_bytes(setup["model"].read_bytes()[:5000])  # truncated: no note of an export
     image = setup["golden"] / "g0.png"
     for args, says in (
         (("-m", tmp_path / "plain.onnx"), "uiaa_config"),
         (("-m", tmp_path / "junk.onnx"), "not a readable ONNX model"),
+        (("-m", tmp_path / "cut.pt"), "not a readable checkpoint"),
         (("-m", setup["graph"], "--engine", "torch"), "ONNX Runtime"),
         (("-m", setup["model"], "--engine", "onnx", "--device", "mps"), "mps"),
     ):
