@@ -344,3 +344,20 @@ def test_convert_joins_parts_with_the_same_columns(tmp_path: Path, labels_csv: P
     (tmp_path / "other.csv").write_text("image,score\na,1\n")
     one_error(run("convert", labels_csv, tmp_path / "other.csv", tmp_path / "x.parquet"), "convert", "other.csv")
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_a_cache_is_never_renamed_onto_a_device_or_pipe(tmp_path: Path) -> None:
+    """A cache is built beside its name and renamed at the end: onto a device or pipe that would replace
+    it (``-o /dev/null.h5``-like names), so such an output is refused before any work."""
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "img" / "a.png")
+    (tmp_path / "img" / "l.csv").write_text("image,mean,p_low,p_high\na.png,5,0.5,0.5\n")
+    os.mkfifo(tmp_path / "pipe.h5")
+    os.mknod(tmp_path / "null.h5", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a second /dev/null, in tmp
+    for name in ("pipe.h5", "null.h5"):
+        one_error(run("cache", tmp_path / "img" / "l.csv", "-o", tmp_path / name, "--size", "16"), "cache",
+                  "must be a regular file")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "pipe.h5").st_mode)
+    assert stat.S_ISCHR(os.stat(tmp_path / "null.h5").st_mode)

@@ -462,7 +462,7 @@ def cache(
         from uiaa_cli.cache import build_cache
         from uiaa_cli.outputs import check_output, output_lock
 
-        check_output(str(output), inputs=[labels_file], what="cache", stdout=False)
+        check_output(str(output), inputs=[labels_file], what="cache", stdout=False, regular=True)
         with output_lock(output):
             report = build_cache(labels_file, images, output, size=size, workers=workers, resume=resume,
                                  progress=False if quiet else progress, store=store)

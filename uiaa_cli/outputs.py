@@ -39,11 +39,13 @@ def is_special(path: str | os.PathLike) -> bool:
 
 
 def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), what: str = "output",
-                 stdout: bool = True) -> None:
+                 stdout: bool = True, regular: bool = False) -> None:
     """Refuse, before any work, an output that cannot be written or would destroy an input.
 
     ``what`` names the output in messages ("output", "plot", "cache"); ``stdout=False`` for outputs
-    that must be files (``-`` is then an error).
+    that must be files (``-`` is then an error); ``regular=True`` for outputs that are built in place
+    and renamed (an HDF5 cache): a device or pipe is then refused, since renaming onto it would
+    replace it.
     """
     path = str(path)
     if path == "-":
@@ -51,6 +53,8 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike]
             raise UiaaError(f"the {what} must be a file, not stdout", where=at(path, output=True))
         return
     real = os.path.realpath(path)
+    if regular and is_special(real):
+        raise UiaaError(f"is a device or pipe: the {what} must be a regular file", where=at(path))
     if is_special(real):  # written through, never replaced: nothing to destroy
         if not os.access(real, os.W_OK):
             raise UiaaError("not writable", where=at(path))
