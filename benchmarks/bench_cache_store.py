@@ -320,7 +320,7 @@ def main() -> int:
             ("train images/s from jpeg / raw (resnet18, 128 px)", f"{max(jpeg_train):.1f} / {max(raw_train):.1f} "
              f"= {train_ratio:.0%}", ">= 90%", train_ratio >= 0.9),
             ("uiaa predict CACHE images/s, jpeg / raw (128 px)",
-             f"{n / min(waits['jpeg']):.0f} / {n / min(waits['raw']):.0f} = {predict_ratio:.0%}", ">= 90%",
+             f"{n / min(waits['jpeg']):.2f} / {n / min(waits['raw']):.2f} = {predict_ratio:.0%}", ">= 90%",
              predict_ratio >= 0.9),
             ("read 384 px (ms/image), raw / jpeg", f"{min(reads['raw']):.2f} / {min(reads['jpeg']):.2f}", "", True),
             ("bytes only: flat+offsets / vlen (ms/image)", f"{flat:.3f} / {variable:.3f}", "", True),
