@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint man clean
+.PHONY: test test-slow demo ablation bench lint man clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,18 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
+
 demo: $(STAMP)
 	$(PY) examples/demo.py
+
+# The paper's grid (label kinds x losses x seeds) on the example data; ARGS="--quick" for a tiny one.
+ablation: $(STAMP)
+	$(PY) examples/ablation.py --out ablation $(ARGS)
 
 man: $(STAMP)
 	$(PY) -m uiaa_cli.manpages man
 
 clean:
-	rm -rf $(VENV) runs demo .pytest_cache
+	rm -rf $(VENV) runs demo ablation .pytest_cache

@@ -17,7 +17,6 @@ SPEC §4 asks for the images/s of hashing and the projected time for AVA's 255,5
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -58,13 +57,14 @@ def make_cache(folder: Path, n: int, size: int) -> Path:
 
 
 def max_rss_mb(*args: object) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of ``uiaa ARGS`` in a child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Wall seconds and peak RSS (MB) of ``uiaa ARGS``, measured by a fresh parent process (this
+    one's RUSAGE_CHILDREN would include the ``uiaa cache`` runs before it)."""
+    probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "uiaa_cli", *map(str, args)], check=True, capture_output=True)
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(after, before) / 1024
+    done = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "uiaa_cli", *map(str, args)],
+                          check=True, capture_output=True, text=True)
+    return time.perf_counter() - t, int(done.stdout.split()[-1]) / 1024
 
 
 def main() -> int:

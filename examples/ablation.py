@@ -302,8 +302,8 @@ def main() -> None:
         train, test = args.train, args.test
 
     rows = []
-    for kind, loss in cells:
-        for seed in seeds:
+    for seed in seeds:  # seed by seed: a grid stopped early still has every cell of the first seeds
+        for kind, loss in cells:
             row = run_cell(args, train, test, kind, loss, seed)
             rows.append(row)
             flags = f"  [{row['flags']}]" if row["flags"] else ""

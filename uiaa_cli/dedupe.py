@@ -7,9 +7,12 @@ coefficient is above their median. Low frequencies survive re-encoding, resizing
 so near-duplicates differ in a few bits (planted copies re-encoded at quality 50, resized to 90 %
 and cropped 3 %: at most 10 of 63) while unrelated photos differ in about half of them.
 
-A second test cuts false pairs: two images whose hashes are within ``max_distance`` bits are a pair
-only if their 63 coefficients (centred, as unit vectors stored in int8) also correlate above
-``min_similarity`` (planted copies: >= 0.98; unrelated images: < 0.8).
+Two more tests cut false pairs (photos with the same grey layout, such as the example data's
+sky-ground-subject scenes): two images whose hashes are within ``max_distance`` bits are a pair only
+if their 63 coefficients (centred, as unit vectors stored in int8) also correlate above
+``min_similarity`` (planted copies >= 0.98; unrelated images < 0.8) and their 4 x 4 colour
+thumbnails differ by at most ``MAX_COLOUR_DIFFERENCE`` grey levels on average (planted copies <= 2.2;
+unrelated photo-like images >= 15; the example data's same-layout scenes >= 19).
 
 Everything is numpy on whole batches; torch is never imported. The pair search never loops over
 pairs in Python and its memory is bounded: hashes are compared a tile at a time (XOR, then a popcount
@@ -33,6 +36,8 @@ HASH_SIDE = 32  # the grey thumbnail the DCT sees
 LOW = 8  # the LOW x LOW lowest frequencies (less the DC term) make the hash
 DEFAULT_DISTANCE = 12  # bits; planted copies measured at <= 10 (README "dedupe")
 DEFAULT_SIMILARITY = 0.9  # correlation of the coefficients; planted copies >= 0.98
+MAX_COLOUR_DIFFERENCE = 8.0  # mean |difference| of the 4 x 4 x RGB thumbnails, in grey levels
+COLOUR_SIDE = 4
 BATCH = 256  # images hashed at once
 TILE = 1 << 22  # pairs compared at once per thread: 32 MB of XORs
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -43,14 +48,23 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 @dataclass
 class Features:
-    """Per image: the 64-bit hash and the 63 low-frequency coefficients as an int8 unit vector."""
+    """Per image: the 64-bit hash, the 63 low-frequency coefficients as an int8 unit vector, and
+    the 4 x 4 colour thumbnail."""
 
     hashes: np.ndarray  # (N,) uint64
     vectors: np.ndarray  # (N, 63) int8, x 127
+    colours: np.ndarray  # (N, 48) uint8: 4 x 4 cells x RGB means
 
     @staticmethod
     def empty(n: int) -> Features:
-        return Features(np.zeros(n, dtype=np.uint64), np.zeros((n, LOW * LOW - 1), dtype=np.int8))
+        return Features(np.zeros(n, dtype=np.uint64), np.zeros((n, LOW * LOW - 1), dtype=np.int8),
+                        np.zeros((n, COLOUR_SIDE * COLOUR_SIDE * 3), dtype=np.uint8))
+
+    def take(self, rows: np.ndarray) -> Features:
+        return Features(self.hashes[rows], self.vectors[rows], self.colours[rows])
+
+    def put(self, rows: slice | np.ndarray, other: Features) -> None:
+        self.hashes[rows], self.vectors[rows], self.colours[rows] = other.hashes, other.vectors, other.colours
 
 
 def area_matrix(size: int, side: int = HASH_SIDE) -> np.ndarray:
@@ -64,40 +78,50 @@ def area_matrix(size: int, side: int = HASH_SIDE) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def projections(h: int, w: int, colour: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(LOW, h)`` and ``(w*3 or w, LOW)`` matrices whose product with an image is the LOW x LOW
+def projections(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(LOW, h)`` and ``(w*3, LOW)`` matrices whose product with an image is the LOW x LOW
     low-frequency corner of the orthonormal 2-D DCT-II of its 32 x 32 grey area average: the average,
     the grey conversion and the DCT are all linear, so they fold into two small matrices."""
     from scipy.fft import dct
 
     basis = dct(np.eye(HASH_SIDE), type=2, norm="ortho", axis=0)[:LOW]  # (LOW, 32)
     left = (basis @ area_matrix(h)).astype(np.float32)
-    right = area_matrix(w).T @ basis.T  # (w, LOW)
-    if colour:
-        right = np.kron(right, LUMA[:, None])  # row 3x+c weighs channel c of pixel x
+    right = np.kron(area_matrix(w).T @ basis.T, LUMA[:, None])  # row 3x+c weighs channel c of pixel x
     return left, right.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def colour_projections(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(4, h)`` and ``(w*3, 12)`` matrices that area-average an image to 4 x 4 cells per channel."""
+    right = np.kron(area_matrix(w, COLOUR_SIDE).T, np.eye(3, dtype=np.float32))
+    return area_matrix(h, COLOUR_SIDE), right.astype(np.float32)
 
 
 def features(pixels: np.ndarray) -> Features:
     """Hashes and coefficient vectors of uint8 images ``(B, H, W, 3)`` (or grey ``(B, H, W)``)."""
     pixels = np.asarray(pixels)
     n, h, w = pixels.shape[:3]
-    left, right = projections(h, w, pixels.ndim == 4)
-    flat = pixels.reshape(n, h, -1)
+    colour = np.repeat(pixels[..., None], 3, axis=-1) if pixels.ndim == 3 else pixels  # grey: R = G = B
+    left, right = projections(h, w)
+    c_left, c_right = colour_projections(h, w)
+    flat = colour.reshape(n, h, -1)
     low = np.empty((n, LOW, LOW), dtype=np.float32)
+    thumbs = np.empty((n, COLOUR_SIDE, COLOUR_SIDE * 3), dtype=np.float32)
     step = max(1, (1 << 22) // max(flat[0].size, 1))  # about 16 MB of float32 pixels at a time
     for start in range(0, n, step):
-        part = flat[start:start + step]
         # One 2-D product over all rows of the chunk (numpy's stacked 3-D matmul is ~10x slower).
-        columns = (part.reshape(-1, part.shape[2]).astype(np.float32) @ right).reshape(len(part), h, LOW)
-        low[start:start + step] = left @ columns
+        part = flat[start:start + step]
+        rows2d = part.reshape(-1, part.shape[2]).astype(np.float32)
+        low[start:start + step] = left @ (rows2d @ right).reshape(len(part), h, LOW)
+        thumbs[start:start + step] = c_left @ (rows2d @ c_right).reshape(len(part), h, 3 * COLOUR_SIDE)
     low = low.reshape(n, LOW * LOW)[:, 1:]
     bits = low > np.median(low, axis=1, keepdims=True)
     centred = low - low.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(centred, axis=1, keepdims=True)
     # A flat image has no coefficients to speak of: a zero vector, similar to nothing.
     unit = np.where(norm > 1e-3, centred / np.maximum(norm, 1e-3), 0.0)
-    return Features(pack_bits(bits), np.rint(unit * 127).astype(np.int8))
+    return Features(pack_bits(bits), np.rint(unit * 127).astype(np.int8),
+                    np.clip(np.rint(thumbs.reshape(n, -1)), 0, 255).astype(np.uint8))
 
 
 def pack_bits(bits: np.ndarray) -> np.ndarray:
@@ -158,10 +182,12 @@ def pairs(a: Features, b: Features | None = None, max_distance: int = DEFAULT_DI
           min_similarity: float = DEFAULT_SIMILARITY, threads: int | None = None
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Near-duplicate pairs ``(i, j, distance, similarity)``: close hashes whose coefficients also
-    correlate, closest first."""
+    correlate and whose colour thumbnails agree, closest first."""
     i, j, d = close_hashes(a.hashes, None if b is None else b.hashes, max_distance, threads)
-    sim = similarity(a.vectors[i], (a if b is None else b).vectors[j])
-    keep = sim >= min_similarity
+    other = a if b is None else b
+    sim = similarity(a.vectors[i], other.vectors[j])
+    colour = np.abs(a.colours[i].astype(np.int16) - other.colours[j]).mean(axis=1)
+    keep = (sim >= min_similarity) & (colour <= MAX_COLOUR_DIFFERENCE)
     i, j, d, sim = i[keep], j[keep], d[keep], sim[keep]
     order = np.lexsort((j, i, -sim, d))
     return i[order], j[order], d[order], sim[order]
@@ -199,8 +225,7 @@ def hash_cache(path: str, batch: int = BATCH) -> Hashed:
         out = Features.empty(len(reader))
         for start in range(0, len(reader), batch):
             rows = np.arange(start, min(start + batch, len(reader)))
-            got = features(reader.read(rows))
-            out.hashes[rows], out.vectors[rows] = got.hashes, got.vectors
+            out.put(rows, features(reader.read(rows)))
     return Hashed(path, names, out, [])
 
 
@@ -247,14 +272,14 @@ def hash_table(path: str, images: str | None, workers: int | None = None, batch:
     with ProcessPoolExecutor(workers, initializer=_init_decoder, initargs=(str(root),)) as pool:
         done = pool.map(_hash_names, (names[s:s + chunk].tolist() for s in starts))
         for start, (got, bad) in zip(starts, done, strict=True):
-            out.hashes[start:start + chunk], out.vectors[start:start + chunk] = got.hashes, got.vectors
+            out.put(slice(start, start + chunk), got)
             for k, reason in bad:
                 ok[start + k] = False
                 failed.append((str(names[start + k]), reason))
     if len(names) and not ok.any():
         raise UiaaError(f"none of its {len(names):,} images could be read (is --images the right folder?)",
                         where=at(path))
-    return Hashed(path, names[ok], Features(out.hashes[ok], out.vectors[ok]), failed)
+    return Hashed(path, names[ok], out.take(ok), failed)
 
 
 # ------------------------------------------------------------------------------------ dedupe
