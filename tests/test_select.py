@@ -45,7 +45,7 @@ def test_ties_go_later_and_missing_values_lose():
 
 
 def test_summary_names_both_checkpoints():
-    best, last = summary_lines(HISTORY, "loss", Path("run"))
+    best, last = summary_lines(HISTORY, "loss")
     assert best.startswith("uiaa train: best.pt  epoch 4  val loss 1.5000  SRCC 0.6800")
     assert "--select loss" in best and "lowest validation loss" in best
     assert last.startswith("uiaa train: last.pt  epoch 6  val loss 1.5200  SRCC 0.7000")

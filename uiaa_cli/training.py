@@ -432,7 +432,7 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
             f"{row['images_per_s']:.1f} img/s  {row['seconds']:.1f} s")
 
 
-def summary_lines(history: list[dict[str, Any]], rule: str, out: Path) -> list[str]:
+def summary_lines(history: list[dict[str, Any]], rule: str) -> list[str]:
     """Both checkpoints with their epoch and validation metrics: best.pt (by ``rule``) and last.pt."""
     def describe(row: dict[str, Any]) -> str:
         shown = "  ".join(f"{label} {'n/a' if row.get(key) is None else format(row[key], '.4f')}"
@@ -871,7 +871,7 @@ def train(settings: TrainSettings) -> Path:
                           f"{trainer.device}{f' x {dist.world} processes' if dist.on else ''} -> {trainer.out}")
         out = trainer.run(reporter)
         if dist.main and trainer.history:
-            for line in summary_lines(trainer.history, trainer.settings.select, out):
+            for line in summary_lines(trainer.history, trainer.settings.select):
                 reporter.line(line)
         return out
     finally:
