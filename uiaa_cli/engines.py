@@ -491,8 +491,8 @@ class TorchEngine:
             torch.set_num_threads(threads)
         scorer, self.config = load_scorer(checkpoint)
         self.model, self.device, self.torch_device = str(checkpoint), str(dev), dev
-        # channels_last suits cuDNN (and the tensor cores' bf16); on CPU, NCHW measured faster
-        # (benchmarks/bench_predict.py --layouts).
+        # channels_last suits cuDNN (and the tensor cores' bf16); on CPU, NCHW as training uses there
+        # (benchmarks/bench_predict.py --layouts compares the two).
         self.layout = torch.contiguous_format if dev.type == "cpu" else torch.channels_last
         self.scorer = scorer.to(dev, memory_format=self.layout)
         self.autocast = dev.type == "cuda"
