@@ -13,7 +13,9 @@ float64, by ``metrics.predicted_score``, so it is the same function of the outpu
   graph records the checkpoint's hash (metadata ``uiaa_source``) and is reused only while it matches,
   so a retrained ``best.pt`` is exported again. Running an exported graph imports neither torch nor
   torchvision: start-up is ONNX Runtime's. ``-m model.onnx`` (from ``uiaa convert``, which embeds
-  the config as metadata ``uiaa_config``) runs as it is.
+  the config as metadata ``uiaa_config``) runs as it is. ONNX Runtime's fully optimised form of a
+  graph, which depends on the CPU, is kept in the user cache (``.../uiaa/optimised``) and loaded
+  from then on: loading it costs about half the time and memory of optimising again.
 - ``torch``: the checkpoint in torch eager. On CUDA the network runs under bf16 autocast with
   channels_last inputs, and the activation and score in float32 (a bf16 score is off by ~0.01).
 - ``auto``: ONNX Runtime on CPU, torch on CUDA/MPS. Whether there is a GPU is asked of torch only
