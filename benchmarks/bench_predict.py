@@ -303,6 +303,9 @@ def main() -> int:
         mem = {}
         small_model = tmp / "small.pt"  # memory is about streaming, not the network: a small one runs 10N fast
         make_model(small_model, "resnet18", 64)
+        from uiaa_cli.engines import exported_graph
+
+        exported_graph(small_model, note=lambda m: None)  # the runs measure predicting, not the export
         for label in ("small", "ten"):
             mem[label] = peak_rss(uiaa(folders[label], "-m", small_model, "--batch-size", batch, "--workers",
                                        args.workers, "--device", args.device, "-o", tmp / f"preds-{label}.parquet"))[2]
