@@ -4,6 +4,7 @@
     python benchmarks/bench_predict.py --quick         # a rough figure (~3 min)
     python benchmarks/bench_predict.py --device cuda   # torch on a GPU (bf16 autocast, channels_last)
     python benchmarks/bench_predict.py --sweep         # ONNX Runtime: batch sizes and session options
+    python benchmarks/bench_predict.py --layouts       # torch on CPU: NCHW against channels_last
 
 1. Engines, whole command. ``uiaa predict photos/`` (ResNet-50 at 224 px, untrained weights, 160
    JPEGs of 640x480, ``--workers 2``) timed from launch to exit with ``--engine onnx`` and with
@@ -191,6 +192,31 @@ def sweep(model: Path, size: int, threads: int) -> None:
         print(f"  {name:<26} {'  '.join(rates)}  ({created:.2f} s)", file=sys.stderr)
 
 
+def layouts(model: Path, batch: int, rounds: int = 3) -> None:
+    """torch on CPU: the Scorer's images/s with NCHW and with channels_last inputs, alternately."""
+    import torch
+
+    from uiaa_cli.models import load_scorer
+
+    scorer, config = load_scorer(model)
+    size = int(config["size"])
+    x = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    choices = {"NCHW": (torch.contiguous_format, scorer),
+               "channels_last": (torch.channels_last, load_scorer(model)[0].to(memory_format=torch.channels_last))}
+    best = dict.fromkeys(choices, 0.0)
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, (layout, module) in choices.items():
+                inputs = x.contiguous(memory_format=layout)
+                module(inputs)
+                start = time.perf_counter()
+                module(inputs)
+                module(inputs)
+                best[name] = max(best[name], 2 * batch / (time.perf_counter() - start))
+    print("torch on CPU, forward only, best of "
+          f"{rounds}: " + ", ".join(f"{k} {v:.2f} images/s" for k, v in best.items()), file=sys.stderr)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer photos and one round (a rough figure)")
@@ -203,6 +229,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=None, help="alternate rounds (default 2, quick 1)")
     parser.add_argument("--mem-n", type=int, default=None, help="N of the memory run (default 100, quick 40)")
     parser.add_argument("--sweep", action="store_true", help="also ONNX Runtime's batch sizes and options")
+    parser.add_argument("--layouts", action="store_true", help="only torch's CPU layouts (NCHW, channels_last)")
     args = parser.parse_args()
     n = args.n or (64 if args.quick else 160)
     rounds = args.rounds or (1 if args.quick else 2)
@@ -210,6 +237,11 @@ def main() -> int:
     batch, cuda = args.batch_size, args.device.startswith("cuda")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
+    if args.layouts:
+        with tempfile.TemporaryDirectory(prefix="uiaa-bench-predict-") as tmp:
+            make_model(Path(tmp) / "model.pt", args.arch, args.size)
+            layouts(Path(tmp) / "model.pt", 8 if args.quick else args.batch_size)
+        return 0
     rows: list[tuple[str, str, str, bool]] = []
     with tempfile.TemporaryDirectory(prefix="uiaa-bench-predict-") as tmp:
         tmp = Path(tmp)
@@ -271,6 +303,9 @@ def main() -> int:
         mem = {}
         small_model = tmp / "small.pt"  # memory is about streaming, not the network: a small one runs 10N fast
         make_model(small_model, "resnet18", 64)
+        from uiaa_cli.engines import exported_graph
+
+        exported_graph(small_model, note=lambda m: None)  # the runs measure predicting, not the export
         for label in ("small", "ten"):
             mem[label] = peak_rss(uiaa(folders[label], "-m", small_model, "--batch-size", batch, "--workers",
                                        args.workers, "--device", args.device, "-o", tmp / f"preds-{label}.parquet"))[2]

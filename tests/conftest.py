@@ -51,3 +51,12 @@ def torch_attempts(tmp_path: Path):
     """How many times processes under the ``no_torch`` environment have tried to import torch."""
     marker = tmp_path / "torch_imported"
     return lambda: len(marker.read_text().splitlines()) if marker.exists() else 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private $XDG_CACHE_HOME for the whole run (predict keeps ONNX graphs there), inherited by the
+    commands the tests run, so tests never write to the real ~/.cache."""
+    folder = tmp_path_factory.mktemp("xdg-cache")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    return folder

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 from conftest import REPO, run_uiaa
 from PIL import Image
@@ -318,3 +319,31 @@ def test_auto_picks_onnx_on_a_machine_without_a_gpu():
     assert engines.onnx_providers("auto", ["CPUExecutionProvider"]) == ("cpu", ["CPUExecutionProvider"])
     device, providers = engines.onnx_providers("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert device == "cuda:1" and providers[0] == ("CUDAExecutionProvider", {"device_id": 1})
+
+
+def test_the_graph_optimised_for_this_cpu_is_kept_and_gives_the_same_scores(setup, tmp_path: Path):
+    """ONNX Runtime's fully optimised graph is saved in the user cache on the first load and loaded
+    (cheaply) from then on; it gives the scores of the graph itself, and a new export replaces it."""
+    model = make_checkpoint(tmp_path / "best.pt", seed=21)
+    graph = engines.exported_graph(model, note=lambda m: None)
+    optimised = engines.optimised_graph(graph, onnxruntime.__version__)
+    if optimised is None:
+        pytest.skip("no /proc/cpuinfo: graphs are optimised on every load")
+    assert not optimised.exists() and optimised.parent.parent == Path(os.environ["XDG_CACHE_HOME"]) / "uiaa"
+    first = engines.open_engine(str(model), "onnx", "cpu", note=pytest.fail)
+    assert optimised.is_file()
+    stamp = optimised.stat().st_mtime_ns
+    second = engines.open_engine(str(model), "onnx", "cpu", note=pytest.fail)
+    assert optimised.stat().st_mtime_ns == stamp  # loaded, not made again
+    pixels = setup["pixels"]
+    want = reference(model, pixels)[0]
+    np.testing.assert_allclose(first(pixels)[0], want, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(second(pixels)[0], first(pixels)[0], atol=1e-6, rtol=0)
+    optimised.write_bytes(b"damaged")  # a damaged copy is made again, never an error
+    np.testing.assert_allclose(engines.open_engine(str(model), "onnx", "cpu")(pixels)[0], want, atol=1e-4, rtol=0)
+    assert optimised.stat().st_size > 1000
+    make_checkpoint(model, seed=22)  # retrained: a new export, so a new optimised graph replaces the old
+    engines.open_engine(str(model), "onnx", "cpu", note=lambda m: None)
+    newer = engines.optimised_graph(graph, onnxruntime.__version__)
+    assert newer != optimised and newer.is_file() and not optimised.exists()
+    assert not [p for p in optimised.parent.iterdir() if p.name.endswith(".part")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -158,6 +159,8 @@ def test_model_from_env_and_newest_run(setup, uiaa, tmp_path):
         target = tmp_path / "runs" / name / "best.pt"
         target.write_bytes(source.read_bytes())
         os.utime(target, (target.stat().st_mtime - age,) * 2)
+        # with its exported graph (a copy of the same checkpoint: reused by its hash, no export to wait for)
+        shutil.copy(source.with_name(f".{source.name}.onnx"), target.with_name(".best.pt.onnx"))
     newest = subprocess.run([sys.executable, "-m", "uiaa_cli", "predict", str(image), str(image), "-o", "-"],
                             cwd=tmp_path, env=env, capture_output=True, timeout=60)
     assert newest.returncode == 0, newest.stderr

@@ -13,7 +13,9 @@ float64, by ``metrics.predicted_score``, so it is the same function of the outpu
   graph records the checkpoint's hash (metadata ``uiaa_source``) and is reused only while it matches,
   so a retrained ``best.pt`` is exported again. Running an exported graph imports neither torch nor
   torchvision: start-up is ONNX Runtime's. ``-m model.onnx`` (from ``uiaa convert``, which embeds
-  the config as metadata ``uiaa_config``) runs as it is.
+  the config as metadata ``uiaa_config``) runs as it is. ONNX Runtime's fully optimised form of a
+  graph, which depends on the CPU, is kept in the user cache (``.../uiaa/optimised``) and loaded
+  from then on: loading it costs about half the time and memory of optimising again.
 - ``torch``: the checkpoint in torch eager. On CUDA the network runs under bf16 autocast with
   channels_last inputs, and the activation and score in float32 (a bf16 score is off by ~0.01).
 - ``auto``: ONNX Runtime on CPU, torch on CUDA/MPS. Whether there is a GPU is asked of torch only
@@ -219,13 +221,33 @@ class OnnxEngine:
         self.device, providers = onnx_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or available_cores()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: ORT's warnings are for its developers
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile, ...)
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise UiaaError(f"not a readable ONNX model ({reason})", where=at(str(path))) from None
+        # Every optimisation (ORT_ENABLE_ALL: fused convolutions in the CPU's blocked layout, ~1.5x
+        # the images/s of EXTENDED), which costs ~0.3 s and ~140 MB more to load a ResNet-50. So the
+        # optimised graph is kept for this machine (the layout depends on the CPU) in the user cache
+        # and later runs load that, with the cheap optimisations only.
+        optimised = optimised_graph(path, ort.__version__) if self.device == "cpu" else None
+        if optimised is not None and optimised.is_file():
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            try:
+                self.session = ort.InferenceSession(str(optimised), options, providers=providers)
+            except Exception:  # damaged: made again from the graph below
+                optimised.unlink(missing_ok=True)
+        if not hasattr(self, "session"):
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            saving = None
+            if optimised is not None and writable_folder(optimised.parent):
+                saving = optimised.with_name(f".{optimised.name}.{os.getpid()}.part")
+                options.optimized_model_filepath = str(saving)
+            try:
+                self.session = ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile, ...)
+                if saving is not None:
+                    saving.unlink(missing_ok=True)
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                raise UiaaError(f"not a readable ONNX model ({reason})", where=at(str(path))) from None
+            if saving is not None:
+                keep_optimised(saving, optimised)
         self.config = graph_config(self.session, path)
         self.source = json.loads(self.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY) or "null")
         self.checkpoint = checkpoint
@@ -244,6 +266,59 @@ class OnnxEngine:
         (probs,) = self.session.run([self.output], {self.input: x})
         probs = probs.astype(np.float64)
         return predicted_score(probs, self.bins)[0], probs
+
+
+def optimised_graph(graph: Path, runtime: str) -> Path | None:
+    """Where ``graph`` optimised by ONNX Runtime for this CPU is kept: the user cache, named by the
+    graph's path (``<path-hash>-``) and by its file's stat, the runtime's version and the CPU's
+    feature flags, so any change to one of them makes another name. None where the CPU is unknown."""
+    import hashlib
+
+    flags = cpu_flags()
+    if flags is None:
+        return None
+    try:
+        real = os.path.realpath(graph)
+        identity = [file_stat(os.stat(real)), runtime, platform.machine(), flags]
+    except OSError:
+        return None
+    where = hashlib.sha256(real.encode()).hexdigest()[:16]
+    what = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    return cache_folder().parent / "optimised" / f"{where}-{what}.onnx"
+
+
+def cpu_flags() -> str | None:
+    """The CPU's feature flags (Linux: /proc/cpuinfo), which decide ONNX Runtime's kernels and layout."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return " ".join(sorted(set(line.split(":", 1)[1].split())))
+    except OSError:
+        pass
+    return None
+
+
+def writable_folder(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return writable(folder)
+
+
+def keep_optimised(saved: Path, final: Path) -> None:
+    """Rename ONNX Runtime's saved optimised graph into place (atomic: concurrent runs each rename a
+    whole file) and remove the versions of the same graph it supersedes."""
+    if not saved.is_file():
+        return
+    try:
+        os.replace(saved, final)
+        for old in final.parent.glob(f"{final.name.split('-')[0]}-*.onnx"):
+            if old != final:
+                old.unlink(missing_ok=True)
+    except OSError:  # a cache is an optimisation: never an error
+        saved.unlink(missing_ok=True)
 
 
 def onnx_providers(device: str, available: list[str]) -> tuple[str, list[Any]]:
@@ -418,8 +493,8 @@ class TorchEngine:
             torch.set_num_threads(threads)
         scorer, self.config = load_scorer(checkpoint)
         self.model, self.device, self.torch_device = str(checkpoint), str(dev), dev
-        # channels_last suits cuDNN (and the tensor cores' bf16); on CPU, NCHW measured faster
-        # (benchmarks/bench_predict.py --layouts).
+        # channels_last suits cuDNN (and the tensor cores' bf16); on CPU, NCHW as training uses there
+        # (benchmarks/bench_predict.py --layouts compares the two).
         self.layout = torch.contiguous_format if dev.type == "cpu" else torch.channels_last
         self.scorer = scorer.to(dev, memory_format=self.layout)
         self.autocast = dev.type == "cuda"
