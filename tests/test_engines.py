@@ -251,6 +251,7 @@ def test_two_predicts_exporting_at_once_both_finish_and_leave_one_whole_graph(se
     outputs = [run.communicate(timeout=600) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], [o[1] for o in outputs]
     assert outputs[0][0] == outputs[1][0]
+    assert all(b"running the model in torch" not in err for _, err in outputs)  # both ran ONNX Runtime
     assert sorted(p.name for p in tmp_path.iterdir()) == [".best.pt.onnx", "best.pt"]  # no temporary left
     engine = engines.open_engine(str(model), "onnx", note=pytest.fail)  # whole, and matching the checkpoint
     np.testing.assert_allclose(engine(setup["pixels"])[0], reference(model, setup["pixels"])[0], atol=1e-4)
@@ -294,10 +295,12 @@ def test_bad_models_and_choices_are_one_line_errors(setup, tmp_path: Path):
     del plain.metadata_props[:]
     onnx.save(plain, str(tmp_path / "plain.onnx"))
     (tmp_path / "junk.onnx").write_bytes(b"this is not a graph\n" * 10)
+    (tmp_path / "cut.pt").write_bytes(setup["model"].read_bytes()[:5000])  # truncated: no note of an export
     image = setup["golden"] / "g0.png"
     for args, says in (
         (("-m", tmp_path / "plain.onnx"), "uiaa_config"),
         (("-m", tmp_path / "junk.onnx"), "not a readable ONNX model"),
+        (("-m", tmp_path / "cut.pt"), "not a readable checkpoint"),
         (("-m", setup["graph"], "--engine", "torch"), "ONNX Runtime"),
         (("-m", setup["model"], "--engine", "onnx", "--device", "mps"), "mps"),
     ):

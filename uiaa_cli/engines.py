@@ -34,8 +34,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from uiaa_cli import export
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.export import CONFIG_KEY, SOURCE_KEY, checkpoint_source, file_stat, onnx_export_missing
+from uiaa_cli.export import CONFIG_KEY, SOURCE_KEY, ExportUnavailable, checkpoint_source, file_stat
 from uiaa_cli.metrics import predicted_score
 
 ENGINES = ("auto", "onnx", "torch")
@@ -81,7 +82,7 @@ def open_engine(model: str | None, engine: str = "auto", device: str = "auto", *
     if why_not is None:
         try:
             graph = exported_graph(path, note)
-        except UiaaError as e:
+        except ExportUnavailable as e:  # a bad checkpoint is not one: its error is the command's
             if engine == "onnx":
                 raise
             why_not = str(e)
@@ -298,18 +299,19 @@ def exported_graph(checkpoint: Path, note: Callable[[str], None] = stderr_note) 
     cached = cache_folder() / f"{source['sha256']}.onnx"
     if cached.is_file() and (recorded_source(cached) or {}).get("sha256") == source["sha256"]:
         return cached
-    missing = onnx_export_missing()
+    missing = export.onnx_export_missing()
     if missing:
-        raise UiaaError(f"exporting the model for ONNX Runtime needs torch, onnx and onnxscript ({missing}); "
-                        "pip install 'uiaa[onnx]', or use --engine torch")
-    from uiaa_cli.export import export_model
+        raise ExportUnavailable(f"exporting the model for ONNX Runtime needs torch, onnx and onnxscript "
+                                f"({missing}); pip install 'uiaa[onnx]', or use --engine torch")
 
     target = beside if writable(beside.parent) else cached  # a read-only run folder: the user's cache
-    note(f"exporting {checkpoint} for ONNX Runtime (once; kept as {target})")
     try:
-        export_model(checkpoint, target, "onnx")
+        target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UiaaError(f"cannot write the exported model ({e.strerror or e})", where=at(str(target))) from None
+        raise UiaaError(f"cannot make the folder for the exported model ({e.strerror or e})",
+                        where=at(str(target.parent))) from None
+    export.export_model(checkpoint, target, "onnx",  # atomic: a temporary name, renamed when whole
+                        loaded=lambda: note(f"exporting {checkpoint} for ONNX Runtime (once; kept as {target})"))
     return target
 
 
