@@ -166,3 +166,20 @@ def test_bad_hdf5_and_missing_files(uiaa, tmp_path):
     r = uiaa("convert", tmp_path / "nothere.csv", tmp_path / "out.csv")
     assert r.returncode == 2 and "no such file" in r.stderr.decode()
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("kind, read_as", [("binary", "binary"), ("soft", "soft"), ("rsd", "rsd"),
+                                           ("gauss-nv", "gauss-nv"), ("gauss-mv", "gauss-mv")])
+def test_kind_from_a_plain_csv_and_from_metadata(tmp_path, kind, read_as):
+    from uiaa_cli.labels import LabelSettings, build_labels, table_bins, table_kind, table_threshold
+
+    counts = np.array([[0, 1, 5, 17, 38, 36, 15, 6, 5, 1], [10, 7, 15, 26, 26, 21, 10, 8, 1, 2],
+                       [0, 0, 0, 0, 0, 0, 0, 0, 3, 9], [4, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
+    table, _ = build_labels(np.array(["a", "b", "c", "d"]), counts, np.arange(1, 11), LabelSettings(kind))
+    write_table(table, tmp_path / "l.csv")
+    write_table(table, tmp_path / "l.parquet")
+    plain = read_table(tmp_path / "l.csv")
+    assert plain.attrs == {} and table_kind(plain) == read_as
+    np.testing.assert_array_equal(table_bins(plain), np.arange(1, 11))
+    assert table_threshold(plain, table_bins(plain)) == 5
+    assert table_kind(read_table(tmp_path / "l.parquet")) == kind

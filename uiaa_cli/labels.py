@@ -240,9 +240,11 @@ def table_kind(table: Table) -> str:
     """The kind of a labels table's targets: its ``kind`` attribute (Parquet, HDF5), else read from
     the columns and values, as a plain CSV has no attributes.
 
-    Targets ``p_low, p_high`` are ``binary`` when every ``p_high`` is 0 or 1, else ``soft``; per-bin
-    targets are ``rsd`` when they equal the vote shares (the bin columns), else ``gauss`` (a
-    Gaussian kind; nv and mv cannot be told apart without the attributes).
+    Targets ``p_low, p_high`` are ``binary`` when every ``p_high`` is 0 or 1, else ``soft``. Per-bin
+    targets are ``rsd`` when they equal the vote shares (the bin columns); else a Gaussian kind,
+    told by its spread: ``gauss-nv`` when the targets are as wide as the votes (median variance
+    ratio above 0.75), ``gauss-mv`` when narrower (``var_z = min((1 - lam) var, cap)``). That is a
+    reading, not a record: ``--divisor var`` halves the spread too, and ``lam``/``cap`` are unknown.
     """
     if table.attrs.get("kind"):
         return str(table.attrs["kind"])
@@ -254,7 +256,16 @@ def table_kind(table: Table) -> str:
     if len(rsd) == len(targets) and all(n in table for n in rsd) and \
             np.allclose(table.matrix(rsd), table.matrix(targets), rtol=0, atol=1e-12):
         return "rsd"
-    return "gauss"
+    bins = table_bins(table)
+    if len(bins) != len(targets) or "std" not in table:
+        return "gauss-mv"  # the default kind
+    p = table.matrix(targets)
+    centre = p @ bins
+    spread = np.einsum("nm,nm->n", p, (bins[None, :] - centre[:, None]) ** 2)
+    votes = table.matrix(["std"])[:, 0] ** 2
+    wide = votes > 0
+    ratio = np.median(spread[wide] / votes[wide]) if wide.any() else 0.0
+    return "gauss-nv" if ratio > 0.75 else "gauss-mv"
 
 
 def table_threshold(table: Table, bins: np.ndarray) -> float:

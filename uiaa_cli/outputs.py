@@ -51,6 +51,10 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike]
             raise UiaaError(f"the {what} must be a file, not stdout", where=at(path, output=True))
         return
     real = os.path.realpath(path)
+    if is_special(real):  # written through, never replaced: nothing to destroy
+        if not os.access(real, os.W_OK):
+            raise UiaaError("not writable", where=at(path))
+        return
     for source in inputs:
         source = str(source)
         if source == "-":
@@ -59,14 +63,11 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike]
             raise UiaaError(f"the {what} is also an input: it would be destroyed; choose another name", where=at(path))
     if os.path.isdir(real):
         raise UiaaError(f"is a folder: give the {what} a file name", where=at(path))
-    if is_special(real):
-        if not os.access(real, os.W_OK):
-            raise UiaaError("not writable", where=at(path))
-        return
     parent = os.path.dirname(real) or "."
     if not os.path.isdir(parent):
+        shown = parent if os.path.islink(path) else os.path.dirname(path) or "."  # a link: where it points
         raise UiaaError(f"no such folder for the {what} {os.path.basename(path)} (create it first)",
-                        where=at(os.path.dirname(path) or "."))
+                        where=at(shown))
     _check_writable_folder(parent, path)
 
 

@@ -312,9 +312,11 @@ def from_h5_attr(value: Any) -> Any:
 
 
 def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:
-    """Kept for callers of the old name: :func:`uiaa_cli.outputs.atomic_output`."""
+    """The old name of :func:`uiaa_cli.outputs.atomic_output`, which also creates missing parent
+    folders (a run's or a model's own folders); a user's output path goes through ``check_output``."""
     from uiaa_cli.outputs import atomic_output
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     return atomic_output(path)
 
 
