@@ -2,7 +2,7 @@
 
     python benchmarks/bench_predict_scale.py [--quick] [--sizes 1000,10000,100000]
 
-A tiny model (an untrained ResNet-18 at 32 px, ``--weights none``) on tiny JPEGs (48x48, in
+A tiny model (an untrained ResNet-18 at 16 px, ``--weights none``) on tiny JPEGs (24x24, in
 folders of 1,000), so that 100,000 images take minutes on 2 cores: what is measured is predict's
 own machinery (finding the inputs, decoding in workers, streaming the output in committed parts,
 joining them), which is what grows with the number of images, not the model.
@@ -41,15 +41,16 @@ sys.path.insert(0, str(REPO))
 from _common import machine  # noqa: E402
 
 PER_FOLDER = 1000
+SIZE = 16
 
 
 def make_images(root: Path, n: int) -> list[Path]:
-    """``n`` 48x48 JPEGs in folders of 1,000 (256 distinct pictures, written round-robin); the folders."""
+    """``n`` 24x24 JPEGs in folders of 1,000 (256 distinct pictures, written round-robin); the folders."""
     rng = np.random.default_rng(0)
     encoded = []
     for _ in range(256):
         out = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(out, "JPEG", quality=85)
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(out, "JPEG", quality=85)
         encoded.append(out.getvalue())
     folders = []
     for start in range(0, n, PER_FOLDER):
@@ -68,7 +69,7 @@ def make_model(path: Path) -> None:
 
     torch.manual_seed(0)
     model = models.build_model("resnet18", 10, "none")
-    config = models.make_config(arch="resnet18", size=32, bins=list(range(1, 11)), kind="gauss-mv",
+    config = models.make_config(arch="resnet18", size=SIZE, bins=list(range(1, 11)), kind="gauss-mv",
                                 targets=[f"p_{i}" for i in range(1, 11)], loss="ce")
     models.save_checkpoint(path, model, config)
 
@@ -147,7 +148,7 @@ def main() -> None:
         started = time.perf_counter()
         folders = make_images(tmp / "img", max(sizes))
         print(f"bench_predict_scale: {max(sizes):,} JPEGs made in {time.perf_counter() - started:.0f} s; "
-              f"resnet18 at 32 px, batch {args.batch_size}, {args.workers} workers", file=sys.stderr)
+              f"resnet18 at {SIZE} px, batch {args.batch_size}, {args.workers} workers", file=sys.stderr)
         base = [sys.executable, "-m", "uiaa_cli", "predict", "-m", str(model), "--batch-size", str(args.batch_size),
                 "--workers", str(args.workers)]
         one = next(folders[0].iterdir())
