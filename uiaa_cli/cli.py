@@ -255,9 +255,14 @@ def evaluate(
 
   uiaa convert runs/latest/best.pt model.ts    # TorchScript
 
+  uiaa convert runs/latest/best.pt model-int8.onnx --int8 --calibrate train.h5   # int8, for CPUs
+
 An exported model takes pixels (N, 3, S, S): RGB values 0..255 (uint8; TorchScript also float), the
 whole image warp-resized to the checkpoint's size S (no crop, bilinear), EXIF orientation applied,
 channels first. It normalises inside and returns score (N,) and probs (N, K), exactly as predict.
+With --int8 the network is quantized to int8 (the same inputs and outputs, about twice as fast on a
+CPU with AVX2/VNNI), calibrated on a few hundred images of DATA; the agreement with the fp32 model
+on held-back images is printed.
 """)
 def convert(
     source: Annotated[str, typer.Argument(metavar="IN", help="A uiaa table (csv/tsv/h5, - for stdin) or a "
@@ -265,6 +270,12 @@ def convert(
     target: Annotated[str, typer.Argument(metavar="OUT", help="The output: .csv, .tsv, .h5, or - for stdout; "
                                                               "for a checkpoint .onnx or .ts.")],
     to: Annotated[Optional[TableFormat], typer.Option(help="Output format (default: by extension).")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Quantize the model to int8 (OUT.onnx; IN a checkpoint or "
+                                                      "an fp32 .onnx export); needs --calibrate.")] = False,
+    calibrate: Annotated[Optional[str], typer.Option(metavar="DATA", help="Images to calibrate --int8 on: a "
+                                                     "folder, a cache, or a labels table (with --images).")] = None,
+    images: Annotated[Optional[str], typer.Option(help="Folder of a --calibrate labels table's images (default: "
+                                                       "the table's folder).")] = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -272,6 +283,9 @@ def convert(
     with handled("convert", quiet, debug):
         from uiaa_cli.tables import read_table, write_table
 
+        if int8 or calibrate:
+            int8_convert(source, target, calibrate, images)
+            return
         if Path(source).suffix.lower() in (".pt", ".pth", ".ckpt"):
             from uiaa_cli.export import export_model  # imports torch: only for checkpoints
 
@@ -283,6 +297,21 @@ def convert(
         table = read_table(source)
         write_table(table, target, to.value if to else None)
         say(f"uiaa convert: {len(table):,} rows, {len(table.names)} columns -> {target}")
+
+
+def int8_convert(source: str, target: str, calibrate: str | None, images: str | None) -> None:
+    from uiaa_cli.quantize import convert_int8, slow_int8_reason
+
+    if calibrate is None:
+        raise UiaaError("--int8 needs --calibrate DATA: a folder of images, a cache, or a labels table with "
+                        "--images")
+    reason = slow_int8_reason()
+    if reason:
+        say(f"uiaa convert: warning: {reason} (written anyway, for a machine that has them)")
+    config, agreement = convert_int8(source, target, calibrate, images)
+    say(f"uiaa convert: {source} -> {target} (int8): input pixels (N, 3, {config['size']}, {config['size']}) RGB "
+        f"0..255, outputs score (N,) and probs (N, {len(config['targets'])})")
+    say(f"uiaa convert: {agreement}")
 
 
 # ------------------------------------------------------------------------- cache, train, predict
