@@ -4,7 +4,7 @@
 
 1. Throughput. A folder of 640x480 JPEGs scored by the real ``uiaa predict`` (ResNet-50, 224 px,
    ``--threads`` torch threads) against the same model's forward pass on uint8 tensors already in
-   memory (``inference.Scorer``, the module predict runs, normalisation included), same batch size.
+   memory (``models.Scorer``, the module predict runs, normalisation included), same batch size.
    Predict's rate is its steady state: the images after its first batch, from that batch's output
    to the last batch's, timed by reading its stdout as it streams (start-up, i.e. importing torch,
    loading the model and the first batch, is reported apart; so is the interpreter's exit).
@@ -65,7 +65,7 @@ def forward_rate(model_path: Path, batch: int, batches: int, threads: int) -> fl
     """Images/s of the Scorer on uint8 batches already in memory (one warm-up batch first)."""
     import torch
 
-    from uiaa_cli.inference import load_scorer
+    from uiaa_cli.models import load_scorer
 
     torch.set_num_threads(threads)
     scorer, config = load_scorer(model_path)

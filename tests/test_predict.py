@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from uiaa_cli.engines import exported_graph
 from uiaa_cli.tables import read_table
 
 SIZE = 32
@@ -53,9 +54,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     photos = root / "photos"
     ids = make_photos(photos)
     (photos / "broken.jpg").write_bytes(Image.new("RGB", (8, 8)).tobytes()[:10])  # not a JPEG at all
-    return {"root": root, "photos": photos, "ids": ids, "m10": make_checkpoint(root / "m10.pt"),
-            "m2": make_checkpoint(root / "m2.pt", outputs=2, kind="binary"),
-            "m64": make_checkpoint(root / "m64.pt", size=64)}
+    models = {"m10": make_checkpoint(root / "m10.pt"), "m2": make_checkpoint(root / "m2.pt", outputs=2, kind="binary"),
+              "m64": make_checkpoint(root / "m64.pt", size=64)}
+    for path in models.values():  # exported here, so the tests' stderr holds no note of an export
+        exported_graph(path, note=lambda message: None)
+    return {"root": root, "photos": photos, "ids": ids, **models}
 
 
 def shell(command: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -200,7 +203,7 @@ def test_preprocessing_is_trainings(setup):
 
     from uiaa_cli.data import Normalise
     from uiaa_cli.images import decode_image
-    from uiaa_cli.inference import load_scorer
+    from uiaa_cli.models import load_scorer
 
     scorer, config = load_scorer(setup["m10"])
     pixels = torch.from_numpy(np.stack([decode_image(p, SIZE) for p in sorted(setup["photos"].glob("img*.jpg"))]))

@@ -113,6 +113,12 @@ class TableFormat(str, Enum):
     h5 = "h5"
 
 
+class EngineName(str, Enum):
+    auto = "auto"
+    onnx = "onnx"
+    torch = "torch"
+
+
 class Divisor(str, Enum):
     two_var = "2var"
     var = "var"
@@ -484,6 +490,8 @@ def predict(
     images: Annotated[Optional[str], typer.Option(help="Folder of a labels table's images (default: the "
                                                        "table's folder).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    engine: Annotated[EngineName, typer.Option(help="auto: ONNX Runtime on CPU (the checkpoint exported once, "
+                                                     "kept beside it), torch on CUDA/MPS.")] = EngineName.auto,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: min(4, cores); 0 "
                                                         "decodes in the main process).")] = None,
@@ -505,7 +513,7 @@ def predict(
         interactive = sys.stderr.isatty() and not quiet
         result = run_predict(inputs, model=model, output=output, fmt=to.value if to else None, images=images,
                              device=device, batch_size=batch_size, workers=workers,
-                             progress=(interactive or progress) and not quiet)
+                             progress=(interactive or progress) and not quiet, engine=engine.value)
         if interactive or progress:
             say(f"uiaa predict: {result.scored:,} images scored, {result.failed:,} failed, "
                 f"{result.scored / max(result.seconds, 1e-9):.1f} images/s" + (f" -> {output}" if output else ""))

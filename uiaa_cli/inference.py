@@ -22,125 +22,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from uiaa_cli.cache import is_cache
+from uiaa_cli.engines import Engine, open_engine
 from uiaa_cli.errors import UiaaError, at
 from uiaa_cli.images import image_table
 from uiaa_cli.metrics import predicted_score
 from uiaa_cli.tables import Table, write_table
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".h5", ".hdf5")
-NO_MODEL = ("no model: give --model FILE, set UIAA_MODEL, or train one with "
-            "'uiaa train LABELS-OR-CACHE' (it writes runs/<name>/best.pt, which predict then finds)")
-
-
-# ------------------------------------------------------------------------------------ the model
-
-
-class Scorer(nn.Module):
-    """A checkpoint's network with its preprocessing and output activation: pixels in, scores out.
-
-    Input: ``(N, 3, S, S)`` RGB pixels with values 0..255, uint8 or float, ``S`` the checkpoint's
-    size (images warp-resized to S x S, no crop). Output: ``(score, probs)``; ``probs`` are the
-    softmax memberships over the target sets (raw outputs for linear heads), ``score`` is
-    ``sum_m w_m probs_m`` with ``w`` the bins (M-set) or ``[0, b_M]`` (2-set), as SPEC §1.
-    This module is what ``uiaa convert`` exports, so deployed models and predict agree.
-    """
-
-    def __init__(self, model: nn.Module, config: dict[str, Any]) -> None:
-        super().__init__()
-        self.model = model
-        mean = torch.tensor(config["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(config["std"], dtype=torch.float32).view(1, 3, 1, 1)
-        # The same two operations as training's Normalise (x * 1/(255 std) - mean/std), so the inputs
-        # the network sees are bit-identical to training's.
-        self.register_buffer("scale", 1.0 / (255.0 * std))
-        self.register_buffer("shift", -mean / std)
-        self.register_buffer("weights", torch.tensor(score_weights(config), dtype=torch.float32))
-        self.activation = config.get("activation", "softmax")
-
-    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
-        x = pixels.float().mul(self.scale).add(self.shift)
-        out = self.model(x)
-        if self.activation == "softmax":
-            probs = torch.softmax(out, dim=1)
-        elif self.activation == "sigmoid":  # one output: p_high
-            high = torch.sigmoid(out[:, :1])
-            probs = torch.cat([1 - high, high], dim=1)
-        else:
-            probs = out
-        return probs @ self.weights, probs
-
-
-def score_weights(config: dict[str, Any]) -> list[float]:
-    """Weights of the score over the outputs: ``[0, b_M]`` for 2-set targets, the bins for M-set."""
-    bins = [float(b) for b in config["bins"]]
-    if len(config["targets"]) == 2 and len(bins) != 2:
-        return [0.0, bins[-1]]
-    return bins
-
-
-def load_scorer(path: str | os.PathLike) -> tuple[Scorer, dict[str, Any]]:
-    """A checkpoint as an eval-mode Scorer (on CPU) and its config."""
-    from uiaa_cli.models import load_checkpoint
-
-    model, config, _ = load_checkpoint(path)
-    return Scorer(model, config).eval(), config
-
-
-def find_model(model: str | None, runs: Path = Path("runs")) -> Path:
-    """``--model``, else ``$UIAA_MODEL``, else the newest run under ``./runs``.
-
-    A run folder stands for its ``best.pt`` (else ``last.pt``: training was interrupted). The newest
-    run is the one ``runs/latest`` points at ('uiaa train' keeps it up to date: a symlink, or a text
-    file naming the run), else the run with the newest checkpoint.
-    """
-    given = model or os.environ.get("UIAA_MODEL") or None
-    if given:
-        path = Path(given)
-        if path.is_dir():
-            checkpoint = run_checkpoint(path)
-            if checkpoint is None:
-                raise UiaaError("no best.pt or last.pt in this folder", where=at(str(path)))
-            return checkpoint
-        if not path.is_file():
-            raise UiaaError("no such model file" + ("" if model else " (from $UIAA_MODEL)"), where=at(str(path)))
-        return path
-    latest = runs / "latest"
-    if latest.is_file():  # a text file naming the run
-        latest = runs / latest.read_text().strip()
-    if latest.is_dir() and run_checkpoint(latest) is not None:
-        return run_checkpoint(latest)
-    candidates = [c for c in map(run_checkpoint, runs.iterdir() if runs.is_dir() else []) if c]
-    if not candidates:
-        raise UiaaError(NO_MODEL)
-    return max(candidates, key=lambda p: p.stat().st_mtime)
-
-
-def run_checkpoint(folder: Path) -> Path | None:
-    """A run folder's best.pt, else its last.pt, else None."""
-    for name in ("best.pt", "last.pt"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA (this process's local rank under torchrun), else MPS, else CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UiaaError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UiaaError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 # ----------------------------------------------------------------------------------- the inputs
@@ -267,15 +158,15 @@ class Batch:
     probs: np.ndarray
 
 
-def score_batches(scorer: Scorer, config: dict[str, Any], inputs: Inputs, order: np.ndarray, *,
-                  device: torch.device, batch_size: int, workers: int,
+def score_batches(engine: Engine, inputs: Inputs, order: np.ndarray, *, batch_size: int, workers: int,
                   on_error: Callable[[int, str], None]) -> Iterator[Batch]:
     """Score ``inputs[order]`` batch by batch, in that order, decoding ahead in ``workers`` processes."""
+    config = engine.config
     batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     loader = torch.utils.data.DataLoader(
         InputImages(inputs, int(config["size"])), batch_sampler=batches, num_workers=workers,
-        collate_fn=collate, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-        worker_init_fn=yield_to_model if device.type == "cpu" else None,
+        collate_fn=collate, prefetch_factor=4 if workers else None,
+        worker_init_fn=yield_to_model if engine.device == "cpu" else None,
     )
     bins = np.asarray(config["bins"], dtype=np.float64)
     iterator = iter(loader)
@@ -287,12 +178,7 @@ def score_batches(scorer: Scorer, config: dict[str, Any], inputs: Inputs, order:
                 empty = np.zeros(0)
                 yield Batch(index, empty, empty, np.zeros((0, len(config["targets"]))))
                 continue
-            x = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2)
-            if device.type == "cpu":
-                x = x.contiguous()  # NCHW runs faster than channels_last on CPU (as in training)
-            with torch.inference_mode():
-                _, probs = scorer(x)
-            probs = probs.float().cpu().numpy()
+            _, probs = engine(pixels.numpy())
             score, std = predicted_score(probs, bins)
             yield Batch(index, score, np.full(len(index), np.nan) if std is None else std, probs)
     finally:
@@ -339,7 +225,7 @@ class PredictResult:
 
 def run_predict(inputs_args: list[str], *, model: str | None, output: str | None, fmt: str | None,
                 images: str | None, device: str, batch_size: int, workers: int | None,
-                progress: bool) -> PredictResult:
+                progress: bool, engine: str = "auto") -> PredictResult:
     """The whole of ``uiaa predict``; returns how many inputs were scored and how many failed."""
     import time
 
@@ -347,15 +233,13 @@ def run_predict(inputs_args: list[str], *, model: str | None, output: str | None
         raise UiaaError("--batch-size must be at least 1")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    dev = pick_device(device)
+    scorer = open_engine(model, engine, device)
+    config, model_path = scorer.config, scorer.model
     if world > 1:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    model_path = find_model(model)
-    scorer, config = load_scorer(model_path)
-    scorer = scorer.to(dev)
+            dist.init_process_group("nccl" if scorer.device.startswith("cuda") else "gloo")
     inputs = collect_inputs(inputs_args, int(config["size"]), images)
     if not len(inputs):
         raise UiaaError("no inputs: give image files, folders, '-' (paths on stdin) or a labels/cache file")
@@ -374,8 +258,7 @@ def run_predict(inputs_args: list[str], *, model: str | None, output: str | None
         print(f"uiaa predict: {text}", file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    batches = score_batches(scorer, config, inputs, order, device=dev, batch_size=batch_size,
-                            workers=workers, on_error=on_error)
+    batches = score_batches(scorer, inputs, order, batch_size=batch_size, workers=workers, on_error=on_error)
     keep: list[Batch] = []
     streaming = output is None and world == 1
     with progress_bar(len(order), progress and rank == 0) as advance:

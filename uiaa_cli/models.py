@@ -161,3 +161,60 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any],
         raise UiaaError(f"weights do not fit {config['arch']}: {str(e).splitlines()[0][:160]}",
                         where=at(str(path))) from None
     return model.eval(), config, payload
+
+
+# ----------------------------------------------------------------- the deployed model: pixels to scores
+
+
+class Scorer(nn.Module):
+    """A checkpoint's network with its preprocessing and output activation: pixels in, scores out.
+
+    Input: ``(N, 3, S, S)`` RGB pixels with values 0..255, uint8 or float, ``S`` the checkpoint's
+    size (images warp-resized to S x S, no crop). Output: ``(score, probs)``; ``probs`` are the
+    softmax memberships over the target sets (raw outputs for linear heads), ``score`` is
+    ``sum_m w_m probs_m`` with ``w`` the bins (M-set) or ``[0, b_M]`` (2-set), as SPEC §1.
+    This module is what ``uiaa convert`` exports and what both of predict's engines run (the ONNX
+    engine its exported graph), so deployed models and predict agree.
+    """
+
+    def __init__(self, model: nn.Module, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        mean = torch.tensor(config["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(config["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        # The same two operations as training's Normalise (x * 1/(255 std) - mean/std), so the inputs
+        # the network sees are bit-identical to training's.
+        self.register_buffer("scale", 1.0 / (255.0 * std))
+        self.register_buffer("shift", -mean / std)
+        self.register_buffer("weights", torch.tensor(score_weights(config), dtype=torch.float32))
+        self.activation = config.get("activation", "softmax")
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.float().mul(self.scale).add(self.shift)
+
+    def activate(self, out: torch.Tensor) -> torch.Tensor:
+        """The network's outputs as memberships (softmax, sigmoid's ``[1 - p, p]``, or as they are)."""
+        if self.activation == "softmax":
+            return torch.softmax(out, dim=1)
+        if self.activation == "sigmoid":  # one output: p_high
+            high = torch.sigmoid(out[:, :1])
+            return torch.cat([1 - high, high], dim=1)
+        return out
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = self.activate(self.model(self.normalise(pixels)))
+        return probs @ self.weights, probs
+
+
+def score_weights(config: dict[str, Any]) -> list[float]:
+    """Weights of the score over the outputs: ``[0, b_M]`` for 2-set targets, the bins for M-set."""
+    bins = [float(b) for b in config["bins"]]
+    if len(config["targets"]) == 2 and len(bins) != 2:
+        return [0.0, bins[-1]]
+    return bins
+
+
+def load_scorer(path: str | os.PathLike) -> tuple[Scorer, dict[str, Any]]:
+    """A checkpoint as an eval-mode Scorer (on CPU) and its config."""
+    model, config, _ = load_checkpoint(path)
+    return Scorer(model, config).eval(), config
