@@ -119,6 +119,11 @@ class EngineName(str, Enum):
     torch = "torch"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    int8 = "int8"
+
+
 class Divisor(str, Enum):
     two_var = "2var"
     var = "var"
@@ -476,6 +481,8 @@ def train(
   uiaa predict test.h5 -o preds.h5              # a cache: its stored pixels
 
   torchrun --nproc-per-node 4 -m uiaa_cli predict photos/ -o preds.csv
+
+  uiaa predict photos/ -m best.pt --precision int8   # int8 on a CPU: quantized once, kept beside best.pt
 """)
 def predict(
     inputs: Annotated[Optional[list[str]], typer.Argument(
@@ -492,6 +499,11 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     engine: Annotated[EngineName, typer.Option(help="auto: ONNX Runtime on CPU (the checkpoint exported once, "
                                                      "kept beside it), torch on CUDA/MPS.")] = EngineName.auto,
+    precision: Annotated[Optional[Precision], typer.Option(help="int8: the checkpoint quantized for the CPU (once, "
+                                                              "calibrated on the inputs or --calibrate; about 2x "
+                                                              "faster). Default: the model's own.")] = None,
+    calibrate: Annotated[Optional[str], typer.Option(metavar="DATA", help="Images to calibrate --precision int8 on "
+                                                     "(folder, cache, labels table); quantizes anew.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: min(4, cores); 0 "
                                                         "decodes in the main process).")] = None,
@@ -513,7 +525,8 @@ def predict(
         interactive = sys.stderr.isatty() and not quiet
         result = run_predict(inputs, model=model, output=output, fmt=to.value if to else None, images=images,
                              device=device, batch_size=batch_size, workers=workers,
-                             progress=(interactive or progress) and not quiet, engine=engine.value)
+                             progress=(interactive or progress) and not quiet, engine=engine.value,
+                             precision=precision.value if precision else None, calibrate=calibrate)
         if interactive or progress:
             say(f"uiaa predict: {result.scored:,} images scored, {result.failed:,} failed, "
                 f"{result.scored / max(result.seconds, 1e-9):.1f} images/s" + (f" -> {output}" if output else ""))

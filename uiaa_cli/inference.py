@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from uiaa_cli.cache import is_cache
-from uiaa_cli.engines import Engine, open_engine
+from uiaa_cli.engines import Engine
 from uiaa_cli.errors import UiaaError, at
 from uiaa_cli.images import image_table
 from uiaa_cli.metrics import predicted_score
@@ -225,7 +225,8 @@ class PredictResult:
 
 def run_predict(inputs_args: list[str], *, model: str | None, output: str | None, fmt: str | None,
                 images: str | None, device: str, batch_size: int, workers: int | None,
-                progress: bool, engine: str = "auto") -> PredictResult:
+                progress: bool, engine: str = "auto", precision: str | None = None,
+                calibrate: str | None = None) -> PredictResult:
     """The whole of ``uiaa predict``; returns how many inputs were scored and how many failed."""
     import time
 
@@ -233,14 +234,21 @@ def run_predict(inputs_args: list[str], *, model: str | None, output: str | None
         raise UiaaError("--batch-size must be at least 1")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    scorer = open_engine(model, engine, device)
+    collected: dict[int, Inputs] = {}
+
+    def inputs_at(size: int) -> Inputs:  # collected once: '-' reads stdin, which cannot be read twice
+        if size not in collected:
+            collected[size] = collect_inputs(inputs_args, size, images)
+        return collected[size]
+
+    scorer = open_scorer(model, engine, device, precision, calibrate, images, inputs_at)
     config, model_path = scorer.config, scorer.model
     if world > 1:
         import torch.distributed as dist
 
         if not dist.is_initialized():
             dist.init_process_group("nccl" if scorer.device.startswith("cuda") else "gloo")
-    inputs = collect_inputs(inputs_args, int(config["size"]), images)
+    inputs = inputs_at(int(config["size"]))
     if not len(inputs):
         raise UiaaError("no inputs: give image files, folders, '-' (paths on stdin) or a labels/cache file")
     if workers is None:
@@ -286,6 +294,34 @@ def run_predict(inputs_args: list[str], *, model: str | None, output: str | None
         else:
             write_table(predictions_table(inputs, keep, config, str(model_path)), output, fmt)
     return PredictResult(scored, failed, time.perf_counter() - start)
+
+
+def open_scorer(model: str | None, engine: str, device: str, precision: str | None, calibrate: str | None,
+                images: str | None, inputs_at: Callable[[int], Inputs]) -> Engine:
+    """The engine, in the precision asked for; a checkpoint without an int8 graph yet is calibrated
+    on ``calibrate`` (a folder, cache or labels table) or else on the inputs themselves."""
+    from uiaa_cli import quantize
+
+    if calibrate is not None and precision != "int8":
+        raise UiaaError("--calibrate goes with --precision int8")
+    if calibrate is not None:
+        calibration = quantize.Calibration(lambda size: quantize.calibration_pixels(calibrate, size, images),
+                                           calibrate, fresh=True)
+    else:
+        calibration = quantize.Calibration(lambda size: input_pixels(inputs_at(size), size),
+                                           "the inputs (spread over them)")
+    return quantize.open_engine(model, engine, device, precision=precision, calibration=calibration)
+
+
+def input_pixels(inputs: Inputs, size: int) -> np.ndarray:
+    """Calibration images for an int8 model: inputs spread evenly over them, decoded as for scoring
+    (those that fail are left out)."""
+    from uiaa_cli.quantize import CALIBRATION_IMAGES, HELD_BACK_IMAGES, spread
+
+    dataset = InputImages(inputs, size)
+    decoded = [dataset[i][1] for i in spread(range(len(inputs)), CALIBRATION_IMAGES + HELD_BACK_IMAGES)]
+    good = [np.asarray(p) for p in decoded if p is not None]
+    return np.stack(good) if good else np.zeros((0, size, size, 3), dtype=np.uint8)
 
 
 def gather(keep: list[Batch], scored: int, failed: int, rank: int,
