@@ -81,6 +81,11 @@ def test_int8_keeps_inputs_outputs_and_config(setup):
     assert config8 == config
     ops = [n.op_type for n in int8.graph.node]
     assert ops.count("QuantizeLinear") > 10 and "QuantizeLinear" not in [n.op_type for n in fp32.graph.node]
+    # Every Conv is fusable into ONNX Runtime's int8 kernel: its weight and bias come quantized (the
+    # exporter's shared zero biases, behind Identity nodes, would leave Convs in float).
+    producer = {o: n for n in int8.graph.node for o in n.output}
+    for conv in (n for n in int8.graph.node if n.op_type == "Conv"):
+        assert all(producer[x].op_type == "DequantizeLinear" for x in conv.input), conv.name
 
 
 def test_preprocessing_stays_exact(setup):
@@ -189,3 +194,74 @@ def test_float_nodes_are_the_head_and_the_tail(setup):
     kept = set(float_nodes(model))
     ops = {n.name: n.op_type for n in model.graph.node}
     assert sorted(ops[k] for k in kept) == sorted(["Cast", "Mul", "Add", "Gemm", "Softmax", "MatMul"])
+
+
+# -------------------------------------------------------------------------------- uiaa predict
+
+
+def predicted(result: subprocess.CompletedProcess) -> dict[str, float]:
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.decode().splitlines()]
+    return {name: float(score) for name, score in lines}
+
+
+def test_predict_runs_an_int8_model(setup, uiaa):
+    fp32 = predicted(uiaa("predict", setup["images"], "-m", setup["fp32"]))
+    int8 = predicted(uiaa("predict", setup["images"], "-m", setup["int8"]))
+    assert list(int8) == list(fp32) and len(int8) == IMAGES
+    a, b = np.array(list(fp32.values())), np.array(list(int8.values()))
+    assert spearmanr(a, b).statistic >= 0.95 and np.abs(a - b).max() < 0.1
+    assert np.abs(a - b).max() > 0  # really the int8 model
+
+
+def test_precision_int8_quantizes_a_checkpoint_once(setup, uiaa, tmp_path):
+    model = tmp_path / "best.pt"
+    model.write_bytes(setup["model"].read_bytes())
+    first = uiaa("predict", setup["images"], "-m", model, "--precision", "int8")
+    kept = tmp_path / ".best.pt.int8.onnx"
+    assert kept.is_file() and b"quantizing" in first.stderr and b"held-back" in first.stderr
+    assert json.loads(metadata(kept)["uiaa_config"])["precision"] == "int8"
+    again = uiaa("predict", setup["images"], "-m", model, "--precision", "int8")
+    assert b"quantizing" not in again.stderr  # reused
+    scores, scores_again = predicted(first), predicted(again)
+    assert scores == scores_again
+    fp32 = predicted(uiaa("predict", setup["images"], "-m", setup["fp32"]))
+    assert spearmanr(list(fp32.values()), list(scores.values())).statistic >= 0.95
+    # --calibrate quantizes anew, on those images
+    fresh = uiaa("predict", setup["images"] / "100001.jpg", "-m", model, "--precision", "int8",
+                 "--calibrate", setup["images"])
+    assert fresh.returncode == 0 and b"quantizing" in fresh.stderr, fresh.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["--precision", "int8", "--device", "cuda"],
+    ["--precision", "int8", "--device", "cuda:0"],
+    ["--precision", "int8", "--engine", "torch"],
+])
+def test_int8_on_a_gpu_or_torch_is_refused(setup, uiaa, args):
+    result = uiaa("predict", setup["images"], "-m", setup["model"], *args)
+    assert result.returncode == 2 and result.stdout == b"" and b"Traceback" not in result.stderr
+    assert b"int8 models" in result.stderr
+    onnx_model = uiaa("predict", setup["images"], "-m", setup["int8"], *args[2:])
+    assert onnx_model.returncode == 2 and b"int8 models" in onnx_model.stderr
+
+
+def test_precision_that_the_model_does_not_have(setup, uiaa):
+    result = uiaa("predict", setup["images"], "-m", setup["fp32"], "--precision", "int8")
+    assert result.returncode == 2 and b"uiaa convert" in result.stderr
+    result = uiaa("predict", setup["images"], "-m", setup["int8"], "--precision", "fp32")
+    assert result.returncode == 2 and b"an int8 ONNX model" in result.stderr
+    result = uiaa("predict", setup["images"], "-m", setup["model"], "--calibrate", setup["images"])
+    assert result.returncode == 2 and b"--calibrate goes with --precision int8" in result.stderr
+
+
+def test_slow_cpu_refuses_precision_int8(monkeypatch):
+    from uiaa_cli import quantize
+    from uiaa_cli.errors import UiaaError
+
+    monkeypatch.setattr(quantize, "int8_support", lambda cpuinfo=None: quantize.Int8Support(False, "x86 without AVX2"))
+    with pytest.raises(UiaaError, match="lacks the int8 instructions"):
+        quantize.check_int8_device("cpu", requested=True)
+    notes: list[str] = []
+    quantize.check_int8_device("cpu", requested=False, note=notes.append)  # an int8 file: a warning
+    assert len(notes) == 1 and "slower than fp32" in notes[0]

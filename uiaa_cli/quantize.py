@@ -236,7 +236,7 @@ def quantize_file(fp32: str | os.PathLike, target: str | os.PathLike, pixels: np
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    model = onnx.load(str(fp32))
+    model = constant_identities_folded(onnx.load(str(fp32)))
     exclude = float_nodes(model) if keep_float else []
     with quiet_root_logger():  # "Please consider pre-processing": the graph is exported already optimised
         quantize_static(
@@ -253,6 +253,26 @@ def quantize_file(fp32: str | os.PathLike, target: str | os.PathLike, pixels: np
         entry = quantized.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(quantized, str(target))
+
+
+def constant_identities_folded(model: Any) -> Any:
+    """``model`` with every ``Identity`` of a weight replaced by a copy of that weight.
+
+    torch's exporter shares equal weights through Identity nodes (every Conv bias of a network whose
+    BatchNorms still have their initial statistics is zero, and one zero bias then serves them all).
+    The quantizer cannot turn a bias behind an Identity into int32, so ONNX Runtime cannot fuse that
+    Conv into its int8 kernel and runs it in float between a DequantizeLinear and a QuantizeLinear:
+    ResNet-50 ran at 0.6x fp32 instead of 2-3x.
+    """
+    from onnx import numpy_helper
+
+    weights = {t.name: t for t in model.graph.initializer}
+    folded = [n for n in model.graph.node if n.op_type == "Identity" and n.input[0] in weights]
+    for node in folded:
+        model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(weights[node.input[0]]),
+                                                               node.output[0]))
+        model.graph.node.remove(node)
+    return model
 
 
 @contextlib.contextmanager
