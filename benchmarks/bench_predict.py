@@ -1,18 +1,26 @@
-"""``uiaa predict`` throughput against the model alone, and its memory as the input grows 10x.
+"""``uiaa predict``: the ONNX engine against torch eager, whole command; start-up of one photo; memory.
 
-    python benchmarks/bench_predict.py [--quick] [--threads 2]
+    python benchmarks/bench_predict.py                 # ~10 min on a shared 2-core VM
+    python benchmarks/bench_predict.py --quick         # a rough figure (~3 min)
+    python benchmarks/bench_predict.py --device cuda   # torch on a GPU (bf16 autocast, channels_last)
+    python benchmarks/bench_predict.py --sweep         # ONNX Runtime: batch sizes and session options
 
-1. Throughput. A folder of 640x480 JPEGs scored by the real ``uiaa predict`` (ResNet-50, 224 px,
-   ``--threads`` torch threads) against the same model's forward pass on uint8 tensors already in
-   memory (``models.Scorer``, the module predict runs, normalisation included), same batch size.
-   Predict's rate is its steady state: the images after its first batch, from that batch's output
-   to the last batch's, timed by reading its stdout as it streams (start-up, i.e. importing torch,
-   loading the model and the first batch, is reported apart; so is the interpreter's exit).
-   Forward-only is measured before and after predict and averaged, because the machine may be
-   shared. Bar: predict >= 80% of forward-only.
-2. Memory. Peak RSS of ``uiaa predict -o preds.csv`` (the main process and its decoding workers,
-   summed, sampled every 50 ms) on N and on 10N images. Bar: within 10%.
+1. Engines, whole command. ``uiaa predict photos/`` (ResNet-50 at 224 px, untrained weights, 160
+   JPEGs of 640x480, ``--workers 2``) timed from launch to exit with ``--engine onnx`` and with
+   ``--engine torch``, in alternate rounds (a busy shared machine disturbs both alike); the best
+   round of each counts. The checkpoint's graph is exported before the rounds (the export, once per
+   checkpoint, is reported apart). Bar: ONNX >= 1.6x torch.
+   Each engine's steady rate (its stdout lines after the first batch, as they stream) is also set
+   against the same engine's forward pass on uint8 batches already in memory (``engines.open_engine``,
+   normalisation included). Bar (SPEC §4): >= 80%.
+2. Start-up. ``uiaa predict one.jpg`` with the graph exported: wall time to its line and to exit,
+   and the peak RSS of the process and its children (summed, sampled every 5 ms; and the main
+   process's own peak from the kernel). Bar: < 1 s and < 300 MB.
+3. Memory. Peak RSS of ``uiaa predict -o preds.parquet`` on N and on 10N images (resnet18 at 64 px:
+   the figure is about streaming, not the network). Bar: within 15%.
 
+``--device cuda``: the torch engine runs on the GPU (bf16 autocast, channels_last) and is set
+against its own forward pass; the ONNX-on-CPU ratio is not measured then.
 Prints a table with PASS/FAIL; exit status 1 if a bar is missed.
 """
 
@@ -31,7 +39,8 @@ import numpy as np
 import psutil
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, report
+
 sys.path.insert(0, str(REPO))
 
 
@@ -61,139 +70,220 @@ def make_model(path: Path, arch: str, size: int) -> None:
     models.save_checkpoint(path, model, config)
 
 
-def forward_rate(model_path: Path, batch: int, batches: int, threads: int) -> float:
-    """Images/s of the Scorer on uint8 batches already in memory (one warm-up batch first)."""
-    import torch
-
-    from uiaa_cli.models import load_scorer
-
-    torch.set_num_threads(threads)
-    scorer, config = load_scorer(model_path)
-    size = int(config["size"])
-    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
-    with torch.inference_mode():
-        scorer(x)
-        start = time.perf_counter()
-        for _ in range(batches):
-            scorer(x)
-    return batch * batches / (time.perf_counter() - start)
+def uiaa(*args: object) -> list[str]:
+    return [sys.executable, "-m", "uiaa_cli", "predict", *map(str, args)]
 
 
-def predict_rate(folder: Path, model_path: Path, batch: int, threads: int, workers: int) -> tuple[float, float, int]:
-    """Steady-state images/s of ``uiaa predict`` (first output line to last), start-up seconds, lines."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    command = [sys.executable, "-m", "uiaa_cli", "predict", str(folder), "-m", str(model_path),
-               "--batch-size", str(batch), "--workers", str(workers), "--device", "cpu"]
+def whole_command(command: list[str], batch: int) -> tuple[float, float, int]:
+    """Wall seconds from launch to exit, steady images/s (lines after the first batch), lines."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     count, first, last = 0, 0.0, 0.0
     for _line in proc.stdout:  # predict flushes once per batch: a batch's lines arrive together
         count += 1
         last = time.perf_counter()
         if count == batch:
-            first = last  # the first batch is out: start-up is over
-    # The interpreter's exit after the last batch is start-up's mirror image: not counted either.
+            first = last
     if proc.wait() != 0:
-        raise SystemExit(f"uiaa predict failed with exit status {proc.returncode}")
-    return (count - batch) / (last - first), first - start, count
+        raise SystemExit(f"{' '.join(command[3:])} failed with exit status {proc.returncode}")
+    wall = time.perf_counter() - start
+    steady = (count - batch) / (last - first) if count > batch and last > first else float("nan")
+    return wall, steady, count
 
 
-def peak_rss(command: list[str], env: dict) -> float:
-    """Peak of the summed RSS (MiB) of a command and its children, sampled every 50 ms."""
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
+def forward_rate(model: Path, engine: str, device: str, batch: int, batches: int) -> float:
+    """Images/s of the engine itself on uint8 batches already in memory (after one warm-up batch)."""
+    from uiaa_cli.engines import open_engine
+
+    scorer = open_engine(str(model), engine, device, note=lambda m: None)
+    size = int(scorer.config["size"])
+    x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    scorer(x)
+    start = time.perf_counter()
+    for _ in range(batches):
+        scorer(x)
+    return batch * batches / (time.perf_counter() - start)
+
+
+def in_subprocess_forward(model: Path, engine: str, device: str, batch: int, batches: int) -> float:
+    """``forward_rate`` in a fresh process, so torch's and ONNX Runtime's thread pools never meet."""
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import bench_predict as b; "
+            "print(b.forward_rate(b.Path(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]), int(sys.argv[7])))")
+    out = subprocess.run([sys.executable, "-c", code, str(REPO), str(Path(__file__).parent), str(model), engine,
+                          device, str(batch), str(batches)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss(command: list[str]) -> tuple[float, float, float, float]:
+    """Seconds to the first stdout byte and to exit, peak summed RSS of the process tree (MiB, sampled
+    every 5 ms), and the main process's own peak RSS (MiB, the kernel's VmHWM)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE)
     root = psutil.Process(proc.pid)
-    peak = 0
+    peak, own = 0, 0
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, own
         while not done.is_set():
+            total = 0
             try:
-                procs = [root] + root.children(recursive=True)
-                total = 0
-                for p in procs:
+                for p in [root] + root.children(recursive=True):
                     try:
                         total += p.memory_info().rss
                     except psutil.Error:
                         pass
-                peak = max(peak, total)
-            except psutil.Error:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                own = max(own, int(status.split("VmHWM:")[1].split()[0]) * 1024)
+            except (psutil.Error, OSError, IndexError):
                 pass
-            time.sleep(0.05)
+            peak = max(peak, total)
+            time.sleep(0.005)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
+    proc.stdout.read(1)
+    first = time.perf_counter() - start
+    proc.stdout.read()
     status = proc.wait()
+    wall = time.perf_counter() - start
     done.set()
     thread.join()
     if status != 0:
-        raise SystemExit(f"{' '.join(command[:4])} failed with exit status {status}")
-    return peak / 2**20
+        raise SystemExit(f"{' '.join(command[3:])} failed with exit status {status}")
+    return first, wall, peak / 2**20, own / 2**20
 
 
-def main() -> None:
+def sweep(model: Path, size: int, threads: int) -> None:
+    """ONNX Runtime's images/s by batch size and session options (forward only, in memory)."""
+    import onnxruntime as ort
+
+    from uiaa_cli.engines import exported_graph
+
+    graph = exported_graph(model, note=lambda m: None)
+    x = np.random.default_rng(0).integers(0, 256, (64, 3, size, size), dtype=np.uint8)
+    level = ort.GraphOptimizationLevel
+    choices = {
+        "default (ALL, spinning)": {},
+        "optimisation EXTENDED": {"level": level.ORT_ENABLE_EXTENDED},
+        "optimisation BASIC": {"level": level.ORT_ENABLE_BASIC},
+        "no spinning": {"config": {"session.intra_op.allow_spinning": "0"}},
+        "1 thread": {"threads": 1},
+    }
+    print(f"\nONNX Runtime {ort.__version__}, forward only, images/s (session creation in seconds)", file=sys.stderr)
+    for name, choice in choices.items():
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = choice.get("threads", threads)
+        options.graph_optimization_level = choice.get("level", level.ORT_ENABLE_ALL)
+        for key, value in choice.get("config", {}).items():
+            options.add_session_config_entry(key, value)
+        start = time.perf_counter()
+        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        created = time.perf_counter() - start
+        rates = []
+        for batch in (1, 8, 32, 64):
+            session.run(["probs"], {"pixels": x[:batch]})
+            reps = max(1, 64 // batch)
+            start = time.perf_counter()
+            for _ in range(reps):
+                session.run(["probs"], {"pixels": x[:batch]})
+            rates.append(f"b{batch} {batch * reps / (time.perf_counter() - start):5.1f}")
+        print(f"  {name:<26} {'  '.join(rates)}  ({created:.2f} s)", file=sys.stderr)
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer images (a rough figure in about a minute)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for the model (default 2)")
+    parser.add_argument("--quick", action="store_true", help="fewer photos and one round (a rough figure)")
+    parser.add_argument("--device", default="cpu", help="cpu (ONNX against torch) or cuda (torch on the GPU)")
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="predict's decoding processes")
-    parser.add_argument("-n", type=int, default=None, help="images for the throughput run (default 96, quick 48)")
-    parser.add_argument("--mem-n", type=int, default=None, help="N of the memory run (default 32, quick 16)")
+    parser.add_argument("-n", type=int, default=None, help="photos for the engine runs (default 160, quick 64)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternate rounds (default 2, quick 1)")
+    parser.add_argument("--mem-n", type=int, default=None, help="N of the memory run (default 100, quick 40)")
+    parser.add_argument("--sweep", action="store_true", help="also ONNX Runtime's batch sizes and options")
     args = parser.parse_args()
-    n = args.n or (48 if args.quick else 96)
-    mem_n = args.mem_n or (16 if args.quick else 32)  # at least one full batch: the peak is per batch
-    batch = args.batch_size
+    n = args.n or (64 if args.quick else 160)
+    rounds = args.rounds or (1 if args.quick else 2)
+    mem_n = args.mem_n or (40 if args.quick else 100)
+    batch, cuda = args.batch_size, args.device.startswith("cuda")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
+    rows: list[tuple[str, str, str, bool]] = []
     with tempfile.TemporaryDirectory(prefix="uiaa-bench-predict-") as tmp:
         tmp = Path(tmp)
         model = tmp / "model.pt"
         make_model(model, args.arch, args.size)
-        big = tmp / "big"
-        make_jpegs(big, max(n, 10 * mem_n))
-        photos, small, ten = tmp / "photos", tmp / "small", tmp / "ten"
-        for folder, count in ((photos, n), (small, mem_n), (ten, 10 * mem_n)):
-            folder.mkdir()
-            for f in sorted(big.iterdir())[:count]:
-                os.link(f, folder / f.name)
-        size_kb = sum(f.stat().st_size for f in photos.iterdir()) / n / 1024
-        print(f"bench_predict: {args.arch} at {args.size} px, batch {batch}, {args.threads} threads, "
-              f"{args.workers} workers; {n} JPEGs of 640x480 (~{size_kb:.0f} KB each)", file=sys.stderr)
+        make_jpegs(tmp / "all", max(n, 10 * mem_n))
+        folders = {}
+        for name, count in (("photos", n), ("small", mem_n), ("ten", 10 * mem_n)):
+            folders[name] = tmp / name
+            folders[name].mkdir()
+            for f in sorted((tmp / "all").iterdir())[:count]:
+                os.link(f, folders[name] / f.name)
+        print(f"bench_predict: {args.arch} at {args.size} px, batch {batch}, {args.workers} workers, "
+              f"{cores} cores; {n} JPEGs of 640x480", file=sys.stderr)
 
-        steps = max(2, n // batch - 1)
-        forward_before = forward_rate(model, batch, steps, args.threads)
-        rate, startup, lines = predict_rate(photos, model, batch, args.threads, args.workers)
-        forward_after = forward_rate(model, batch, steps, args.threads)
-        if lines != n:
-            raise SystemExit(f"predict scored {lines} of {n} images")
-        forward = (forward_before + forward_after) / 2
-        ratio = rate / forward
+        start = time.perf_counter()
+        subprocess.run(uiaa(folders["photos"] / "photo00000.jpg", "-m", model, "--engine", "onnx"), check=True,
+                       capture_output=True)
+        export_s = time.perf_counter() - start
+        rows.append(("export to ONNX + first predict (once per checkpoint)", f"{export_s:.1f} s", "", True))
 
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        engines = [("torch", args.device)] if cuda else [("onnx", "cpu"), ("torch", "cpu")]
+        walls: dict[str, list[float]] = {e: [] for e, _ in engines}
+        steady: dict[str, list[float]] = {e: [] for e, _ in engines}
+        forward: dict[str, list[float]] = {e: [] for e, _ in engines}
+        for r in range(rounds):
+            for engine, device in engines:
+                wall, rate, lines = whole_command(uiaa(folders["photos"], "-m", model, "--engine", engine, "--device",
+                                                       device, "--batch-size", batch, "--workers", args.workers), batch)
+                if lines != n:
+                    raise SystemExit(f"predict --engine {engine} scored {lines} of {n} images")
+                walls[engine].append(wall)
+                steady[engine].append(rate)
+                forward[engine].append(in_subprocess_forward(model, engine, device, batch, max(2, n // batch - 1)))
+                print(f"round {r + 1}: {engine}: whole command {wall:.1f} s ({n / wall:.2f} images/s), steady "
+                      f"{rate:.2f} images/s, forward only {forward[engine][-1]:.2f} images/s", file=sys.stderr)
+        for engine, device in engines:
+            best = min(walls[engine])
+            rows.append((f"{engine} ({device}): whole command, {n} photos", f"{best:.1f} s = {n / best:.2f} img/s",
+                         "", True))
+            ratio = max(steady[engine]) / max(forward[engine])
+            rows.append((f"{engine}: predict's steady rate / forward only", f"{ratio:.0%}", ">= 80%", ratio >= 0.8))
+        if not cuda:
+            speedup = min(walls["torch"]) / min(walls["onnx"])
+            rows.append(("ONNX engine / torch eager, whole command", f"{speedup:.2f}x", ">= 1.6x", speedup >= 1.6))
+
+        one = folders["photos"] / "photo00001.jpg"
+        for engine in ("onnx",) if not cuda else ():
+            runs = [peak_rss(uiaa(one, "-m", model, "--engine", engine)) for _ in range(3)]
+            first, wall, tree, own = (min(r[i] for r in runs) for i in range(4))
+            rows.append((f"predict one.jpg ({engine}): to its line / exit", f"{first:.2f} s / {wall:.2f} s", "< 1 s",
+                         wall < 1.0))
+            rows.append((f"predict one.jpg ({engine}): peak RSS, all / main", f"{tree:.0f} / {own:.0f} MiB", "< 300 MB",
+                         tree * 2**20 < 300e6))
+        torch_one = peak_rss(uiaa(one, "-m", model, "--engine", "torch", "--device", args.device))
+        rows.append(("predict one.jpg (torch): to exit, peak RSS", f"{torch_one[1]:.2f} s, {torch_one[2]:.0f} MiB", "",
+                     True))
+
         mem = {}
-        for label, folder in (("N", small), ("10N", ten)):
-            mem[label] = peak_rss([sys.executable, "-m", "uiaa_cli", "predict", str(folder), "-m", str(model),
-                                   "--batch-size", str(batch), "--workers", str(args.workers), "--device", "cpu",
-                                   "-o", str(tmp / f"preds-{label}.csv")], env)
-        growth = mem["10N"] / mem["N"] - 1
+        small_model = tmp / "small.pt"  # memory is about streaming, not the network: a small one runs 10N fast
+        make_model(small_model, "resnet18", 64)
+        for label in ("small", "ten"):
+            mem[label] = peak_rss(uiaa(folders[label], "-m", small_model, "--batch-size", batch, "--workers",
+                                       args.workers, "--device", args.device, "-o", tmp / f"preds-{label}.parquet"))[2]
+        growth = mem["ten"] / mem["small"]
+        rows.append((f"peak RSS, {mem_n} -> {10 * mem_n} images to Parquet (resnet18)",
+                     f"{mem['small']:.0f} -> {mem['ten']:.0f} MiB", "<= 1.15x", growth <= 1.15))
+        if args.sweep:
+            sweep(model, args.size, cores)
 
-    rows = [
-        ("forward only, in memory", f"{forward:.2f} images/s", f"(before {forward_before:.2f}, after "
-                                                                f"{forward_after:.2f})", ""),
-        ("uiaa predict, 640x480 JPEGs", f"{rate:.2f} images/s", f"(start-up {startup:.1f} s)", ""),
-        ("predict / forward", f"{ratio:.1%}", ">= 80%", "PASS" if ratio >= 0.8 else "FAIL"),
-        (f"peak RSS, {mem_n} images", f"{mem['N']:.0f} MiB", "", ""),
-        (f"peak RSS, {10 * mem_n} images", f"{mem['10N']:.0f} MiB", "", ""),
-        ("memory growth N -> 10N", f"{growth:+.1%}", "within 10%", "PASS" if abs(growth) <= 0.10 else "FAIL"),
-    ]
-    width = [max(len(r[i]) for r in rows) for i in range(4)]
-    print(f"{'measure':<{width[0]}}  {'value':<{width[1]}}  {'bar':<{width[2]}}  result")
-    for r in rows:
-        print(f"{r[0]:<{width[0]}}  {r[1]:<{width[1]}}  {r[2]:<{width[2]}}  {r[3]}".rstrip())
-    if any(r[3] == "FAIL" for r in rows):
-        sys.exit(1)
+    ok = report(f"uiaa predict, {args.arch} at {args.size} px, batch {batch}, {args.workers} workers, "
+                f"device {args.device}", rows)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

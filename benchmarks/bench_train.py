@@ -10,8 +10,12 @@ The cache side is the real training loop (``Trainer.train_epoch``: reads, flips,
 steps, all-reduce-free loss bookkeeping); both sides share one model and optimiser, run
 alternately (so a busy shared machine disturbs both alike), and the best round of each counts.
 
-    .venv/bin/python benchmarks/bench_train.py            # ~2-3 min on 2 cores
-    .venv/bin/python benchmarks/bench_train.py --quick    # smoke run (~1 min)
+    .venv/bin/python benchmarks/bench_train.py                # ~2-3 min on 2 cores
+    .venv/bin/python benchmarks/bench_train.py --quick        # smoke run (~1 min)
+    .venv/bin/python benchmarks/bench_train.py --device cuda  # on a GPU: both sides bf16 autocast, channels_last
+
+On CUDA the in-memory side runs as training does there: the batch on the GPU in channels_last, the
+forward pass and loss under bf16 autocast (``Trainer.autocast``), and a synchronisation per round.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps, rounds = (2, 3) if args.quick else (4, 5)
@@ -62,24 +67,28 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cache = make_cache(Path(tmp), n, args.size)
         settings = TrainSettings(data=str(cache), arch="resnet18", weights="none", epochs=1, lr=(1e-3, 1e-3),
-                                 batch_size=args.batch_size, val_frac=0.0, device="cpu", out=str(Path(tmp) / "run"),
+                                 batch_size=args.batch_size, val_frac=0.0, device=args.device,
+                                 out=str(Path(tmp) / "run"),
                                  quiet=True)
         trainer = Trainer(settings, Dist())
         model, optimizer, loss_fn = trainer.net, trainer.optimizer, trainer.loss_fn
         quiet, stop = Reporter(False, False), StopFlag()
 
-        x = torch.randn(args.batch_size, 3, args.size, args.size)
-        y = torch.softmax(torch.randn(args.batch_size, 10), 1)
+        device = trainer.device
+        layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        x = torch.randn(args.batch_size, 3, args.size, args.size, device=device).contiguous(memory_format=layout)
+        y = torch.softmax(torch.randn(args.batch_size, 10, device=device), 1)
 
         def in_memory() -> float:
             model.train()
             start = time.perf_counter()
             for _ in range(steps):
-                loss = loss_fn(model(x), y)
+                with trainer.autocast():  # bf16 on CUDA, as training; a no-op on CPU
+                    loss = loss_fn(model(x).float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss.item()
+                loss.item()  # waits for the GPU, as the training loop's bookkeeping does
             return steps * args.batch_size / (time.perf_counter() - start)
 
         def from_cache() -> float:
@@ -102,7 +111,7 @@ def main() -> int:
         ("from a cache (uiaa train loop), images/s", f"{best_cache:.1f}", "", True),
         ("cache / in memory", f"{ratio:.1%}", ">= 90%", ratio >= 0.9),
     ]
-    ok = report(f"uiaa train, resnet18 {args.size} px, batch {args.batch_size}, {args.threads} threads, CPU, "
+    ok = report(f"uiaa train, resnet18 {args.size} px, batch {args.batch_size}, {args.threads} threads, {args.device}, "
                 f"{steps} steps per round, best of {rounds}", rows)
     return 0 if ok else 1
 

@@ -41,3 +41,12 @@ def no_torch(tmp_path: Path) -> dict:
         (fake / name).mkdir(parents=True)
         (fake / name / "__init__.py").write_text(f"raise ImportError('{name} is absent in this test')\n")
     return {"PYTHONPATH": os.pathsep.join([str(fake), str(REPO)])}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private $XDG_CACHE_HOME for the whole run (predict keeps ONNX graphs there), inherited by the
+    commands the tests run, so tests never write to the real ~/.cache."""
+    folder = tmp_path_factory.mktemp("xdg-cache")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    return folder

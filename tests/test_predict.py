@@ -182,19 +182,24 @@ def test_usage_errors_exit_2(setup, uiaa, tmp_path):
     assert uiaa("predict", empty, "-m", setup["m10"]).returncode == 2
 
 
-def test_torchrun_two_ranks_merge_in_input_order(setup, uiaa):
-    """torchrun with 2 CPU processes (gloo): each rank scores half, rank 0 writes all in input order."""
-    single = uiaa("predict", setup["photos"], "-m", setup["m10"], "--workers", "0")
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "uiaa_cli",
-         "predict", str(setup["photos"]), "-m", str(setup["m10"]), "--workers", "0"],
-        capture_output=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+def test_torchrun_two_ranks_write_parts_that_rank_0_joins_in_input_order(setup, uiaa, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each rank scores every other input into its own part;
+    rank 0 joins the parts into -o in input order; without -o each rank streams its own lines."""
+    single = uiaa("predict", setup["photos"], "-m", setup["m10"], "--workers", "0", "-o", tmp_path / "one.csv")
+    assert single.returncode == 1
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                "uiaa_cli", "predict", str(setup["photos"]), "-m", str(setup["m10"]), "--workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(torchrun + ["-o", str(tmp_path / "two.csv")], capture_output=True, timeout=180, env=env)
     assert result.returncode != 0  # the broken file
     assert result.stderr.decode().count("photos/broken.jpg") == 1
-    got, want = lines(result.stdout), lines(single.stdout)
-    assert [p for p, _ in got] == [p for p, _ in want]
-    np.testing.assert_allclose([float(s) for _, s in got], [float(s) for _, s in want], atol=2e-4)
+    got, want = read_table(tmp_path / "two.csv"), read_table(tmp_path / "one.csv")
+    assert list(got["image"]) == list(want["image"]) and len(got) == 12
+    np.testing.assert_allclose(got["score"], want["score"], atol=2e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "two.csv"]  # the parts are gone
+
+    streamed = subprocess.run(torchrun, capture_output=True, timeout=180, env=env)
+    assert sorted(p for p, _ in lines(streamed.stdout)) == sorted(want["image"])
 
 
 def test_preprocessing_is_trainings(setup):

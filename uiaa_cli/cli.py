@@ -51,11 +51,26 @@ def handled(command: str, quiet: bool = False, debug: bool = False) -> Iterator[
     except UiaaError as e:
         if State.debug:
             raise
-        print(f"uiaa {command}: error: {e}", file=sys.stderr, flush=True)
-        raise typer.Exit(e.status) from None
+        fail(command, str(e), e.status)
     except BrokenPipeError:
         quiet_closed_stdout()
         raise typer.Exit(0) from None
+    except OSError as e:  # a full disk or a dead device under stdout (files are named by the writer)
+        from uiaa_cli.outputs import WRITE_ERRNOS
+
+        if State.debug or e.errno not in WRITE_ERRNOS or e.filename is not None:
+            raise
+        fail(command, f"<stdout>: cannot write: {e.strerror}", 2)
+
+
+def fail(command: str, message: str, status: int) -> None:
+    """The one error line, after what stdout still holds (dropped if stdout cannot take it)."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        quiet_closed_stdout()
+    print(f"uiaa {command}: error: {message}", file=sys.stderr, flush=True)
+    raise typer.Exit(status) from None
 
 
 def quiet_closed_stdout() -> None:
@@ -110,6 +125,13 @@ class SourceFormat(str, Enum):
 class TableFormat(str, Enum):
     csv = "csv"
     tsv = "tsv"
+    h5 = "h5"
+
+
+class PredictFormat(str, Enum):
+    csv = "csv"
+    tsv = "tsv"
+    parquet = "parquet"
     h5 = "h5"
 
 
@@ -175,8 +197,11 @@ def labels(
     """Turn ratings into training targets: one self-describing row per image."""
     with handled("labels", quiet, debug):
         from uiaa_cli.labels import LabelReport, LabelSettings, build_labels, read_id_list
+        from uiaa_cli.outputs import check_output
         from uiaa_cli.ratings import iter_ratings
         from uiaa_cli.tables import TableWriter
+
+        check_output(output, inputs=[ratings, *(f for f in (only, exclude) if f)])
 
         try:
             settings = LabelSettings(kind.value, lam, cap, delta, threshold, divisor.value)
@@ -234,6 +259,10 @@ def evaluate(
             raise UiaaError("choose one of --json and --csv")
         if predictions == "-" and labels_file == "-":
             raise UiaaError("only one of the two tables can come from stdin")
+        if plot is not None:
+            from uiaa_cli.outputs import check_output
+
+            check_output(str(plot), inputs=[predictions, labels_file], what="plot", stdout=False)
         preds, labs = read_table(predictions), read_table(labels_file)
         result = evaluation.evaluate_tables(preds, labs, threshold)
         text = (evaluation.as_json if as_json else evaluation.as_csv if as_csv else evaluation.as_text)(result)
@@ -292,8 +321,10 @@ def convert(
 ) -> None:
     """Convert tables between CSV, TSV and HDF5 losslessly; export a checkpoint to TorchScript/ONNX."""
     with handled("convert", quiet, debug):
+        from uiaa_cli.outputs import check_output
         from uiaa_cli.tables import read_table, write_table
 
+        check_output(target, inputs=[source])
         if int8 or calibrate:
             int8_convert(source, target, calibrate, images)
             return
@@ -363,9 +394,12 @@ def cache(
     """Decode and resize every image of a labels table once into one HDF5 file for training."""
     with handled("cache", quiet, debug):
         from uiaa_cli.cache import build_cache
+        from uiaa_cli.outputs import check_output, output_lock
 
-        report = build_cache(labels_file, images, output, size=size, workers=workers, resume=resume,
-                             progress=False if quiet else progress)
+        check_output(str(output), inputs=[labels_file], what="cache", stdout=False)
+        with output_lock(output):
+            report = build_cache(labels_file, images, output, size=size, workers=workers, resume=resume,
+                                 progress=False if quiet else progress)
         if report.complete_already:
             say(f"uiaa cache: {output} is already complete ({report.stored:,} of {report.total:,} images, the same "
                 f"labels, images and size); nothing to do"
@@ -407,7 +441,8 @@ class Loss(str, Enum):
   torchrun --nproc_per_node=4 -m uiaa_cli train ava.h5    # DDP, 4 GPUs
 
 Writes metrics.csv, last.pt (resumable) and best.pt (highest validation SRCC) in --out, and points
-runs/latest at the newest run; 'uiaa predict' finds it there.
+'latest' beside it (runs/latest by default) at the newest run; 'uiaa predict' finds runs/latest.
+One run at a time writes a folder: a second run on the same --out stops with an error.
 """)
 def train(
     data: Annotated[Optional[str], typer.Argument(help="A labels table (images decoded on the fly from "
@@ -480,22 +515,31 @@ def train(
 
   uiaa predict test.h5 -o preds.h5              # a cache: its stored pixels
 
+  uiaa predict shards/*.tar -o scores.parquet   # WebDataset shards: rows keyed by __key__ and shard
+
+  uiaa predict paths.parquet -o scores.parquet --resume   # continue after Ctrl-C or kill -9
+
+  uiaa predict shards/*.tar --shard $SLURM_ARRAY_TASK_ID/8 -o part$SLURM_ARRAY_TASK_ID.parquet
+
+  uiaa convert part*.parquet all.parquet        # join the 8 jobs' parts
+
   torchrun --nproc-per-node 4 -m uiaa_cli predict photos/ -o preds.csv
 
   uiaa predict photos/ -m best.pt --precision int8   # int8 on a CPU: quantized once, kept beside best.pt
 """)
 def predict(
     inputs: Annotated[Optional[list[str]], typer.Argument(
-        metavar="INPUTS", help="Image files, folders (recursive), - for a list of paths on stdin, or a labels "
-                                  "table / cache (.csv, .tsv, .h5) whose images are scored.")] = None,
+        metavar="INPUTS", help="Image files, folders (recursive), - for a list of paths on stdin, WebDataset "
+                                  "tar shards, a labels table or cache (its images), or a table with a column "
+                                  "of paths (path, image, file, filepath; .csv, .tsv, .parquet, .h5).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="A checkpoint (or a run folder). Default: "
                                                   "$UIAA_MODEL, else the newest under ./runs.")] = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write a table (.csv, .tsv, .h5) with a "
-                                                   "header: image, score, std, p_*. Default: path<TAB>score "
-                                                   "lines on stdout.")] = None,
-    to: Annotated[Optional[TableFormat], typer.Option(help="Format of -o (default: by extension).")] = None,
-    images: Annotated[Optional[str], typer.Option(help="Folder of a labels table's images (default: the "
-                                                       "table's folder).")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write a table (.csv, .tsv, .parquet, "
+                                                   ".h5) with a header: image, [shard,] score, std, p_*. "
+                                                   "Default: path<TAB>score lines on stdout.")] = None,
+    to: Annotated[Optional[PredictFormat], typer.Option(help="Format of -o (default: by extension).")] = None,
+    images: Annotated[Optional[str], typer.Option(help="Folder of a table's images (default: the table's "
+                                                       "folder).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     engine: Annotated[EngineName, typer.Option(help="auto: ONNX Runtime on CPU (the checkpoint exported once, "
                                                      "kept beside it), torch on CUDA/MPS.")] = EngineName.auto,
@@ -507,6 +551,11 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: min(4, cores); 0 "
                                                         "decodes in the main process).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run of the same command "
+                                                          "(-o FILE; its parts are in FILE.partial/).")] = False,
+    shard: Annotated[Optional[str], typer.Option(help="K/N: score only job K's share of the inputs (those at "
+                                                      "positions K modulo N; K counts from 0), so N jobs score "
+                                                      "each input once.")] = None,
     progress: Annotated[bool, typer.Option("--progress", help="Show a progress bar even when stderr is not a "
                                                               "terminal.")] = False,
     quiet: Quiet = False,
@@ -518,17 +567,23 @@ def predict(
     any input failed, 2 for usage errors, 0 otherwise.
     """
     with handled("predict", quiet, debug):
-        from uiaa_cli.inference import run_predict
+        from uiaa_cli.predict import run_predict
 
         if not inputs:
-            raise UiaaError("no inputs: give image files, folders, - (paths on stdin) or a labels/cache file")
+            raise UiaaError("no inputs: give image files, folders, - (paths on stdin), tar shards or a table")
+        if output is not None:
+            from uiaa_cli.outputs import check_output
+
+            check_output(output, inputs=[*inputs, *([model] if model else [])])
         interactive = sys.stderr.isatty() and not quiet
         result = run_predict(inputs, model=model, output=output, fmt=to.value if to else None, images=images,
                              device=device, batch_size=batch_size, workers=workers,
-                             progress=(interactive or progress) and not quiet, engine=engine.value,
-                             precision=precision.value if precision else None, calibrate=calibrate)
-        if interactive or progress:
-            say(f"uiaa predict: {result.scored:,} images scored, {result.failed:,} failed, "
+                             progress=(interactive or progress) and not quiet, shard=shard, resume=resume,
+                             engine=engine.value, precision=precision.value if precision else None,
+                             calibrate=calibrate)
+        if (interactive or progress) and os.environ.get("RANK", "0") == "0":
+            carried = f" ({result.carried:,} more by the interrupted run)" if result.carried else ""
+            say(f"uiaa predict: {result.scored:,} images scored{carried}, {result.failed:,} failed, "
                 f"{result.scored / max(result.seconds, 1e-9):.1f} images/s" + (f" -> {output}" if output else ""))
     if result.failed:
         raise typer.Exit(1)

@@ -16,7 +16,7 @@ class UiaaError(Exception):
         return f"{self.where}: {self.message}" if self.where else self.message
 
 
-def at(path: str, line: int | None = None) -> str:
-    """``file:line`` for error messages (``<stdin>`` for ``-``)."""
-    name = "<stdin>" if path == "-" else str(path)
+def at(path: str, line: int | None = None, *, output: bool = False) -> str:
+    """``file:line`` for error messages (``-`` is ``<stdin>``, or ``<stdout>`` for an output)."""
+    name = ("<stdout>" if output else "<stdin>") if path == "-" else str(path)
     return f"{name}:{line}" if line is not None else name

@@ -24,11 +24,12 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.tables import atomic_path
+from uiaa_cli.outputs import atomic_output
 
 if TYPE_CHECKING:
     import torch
@@ -48,8 +49,12 @@ def export_format(path: str) -> str:
     return fmt
 
 
-def export_model(checkpoint: str | os.PathLike, target: str | os.PathLike, fmt: str | None = None) -> dict[str, Any]:
-    """Export ``checkpoint`` to ``target`` (.ts or .onnx, or ``fmt``) atomically; returns its config."""
+def export_model(checkpoint: str | os.PathLike, target: str | os.PathLike, fmt: str | None = None,
+                 loaded: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Export ``checkpoint`` to ``target`` (.ts or .onnx, or ``fmt``) atomically; returns its config.
+
+    ``loaded`` is called once the checkpoint has loaded, before the export's work (a bad checkpoint
+    is then one error line, not a note that an export began followed by the error)."""
     import torch
 
     from uiaa_cli.models import load_scorer
@@ -61,8 +66,10 @@ def export_model(checkpoint: str | os.PathLike, target: str | os.PathLike, fmt: 
     scorer, config = load_scorer(checkpoint)
     if checkpoint_source(checkpoint) != source:  # the hash must name the weights exported, not newer ones
         raise UiaaError("the checkpoint changed while it was being exported; try again", where=at(str(checkpoint)))
+    if loaded is not None:
+        loaded()
     example = torch.zeros((2, 3, int(config["size"]), int(config["size"])), dtype=torch.uint8)
-    with atomic_path(target) as tmp:
+    with atomic_output(target) as tmp:
         if fmt == "torchscript":
             to_torchscript(scorer, config, example, tmp)
         else:
@@ -99,11 +106,16 @@ def to_torchscript(scorer: Scorer, config: dict[str, Any], example: torch.Tensor
         torch.jit.save(traced, str(path), _extra_files={CONFIG_NAME: json.dumps(config)})
 
 
+class ExportUnavailable(UiaaError):
+    """The ONNX export cannot be made here (a package missing, an operation the exporter lacks), as
+    opposed to a bad checkpoint: predict's ``auto`` engine then runs torch instead."""
+
+
 def require_onnx() -> None:
     """A one-line error unless the exporter's packages are installed."""
     missing = onnx_export_missing()
     if missing:
-        raise UiaaError(f"ONNX export needs the packages onnx and onnxscript ({missing}): "
+        raise ExportUnavailable(f"ONNX export needs torch and the packages onnx and onnxscript ({missing}): "
                         "pip install 'uiaa[onnx]'")
 
 
@@ -112,6 +124,7 @@ def onnx_export_missing() -> str | None:
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401 - torch.onnx's exporter needs it
+        import torch  # noqa: F401 - the exporter; imported by the export right after anyway
     except ImportError as e:
         return str(e) or type(e).__name__
     return None
@@ -145,7 +158,7 @@ def to_onnx(scorer: Scorer, config: dict[str, Any], example: torch.Tensor, path:
                 )
             except Exception as e:
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                raise UiaaError(f"the ONNX export failed: {type(e).__name__}: {reason}") from e
+                raise ExportUnavailable(f"the ONNX export failed: {type(e).__name__}: {reason}") from e
             model = program.model_proto
     for key, value in {CONFIG_KEY: json.dumps(config), **(metadata or {})}.items():
         entry = model.metadata_props.add()

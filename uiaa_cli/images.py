@@ -34,8 +34,9 @@ from __future__ import annotations
 import functools
 import io
 import os
+import stat
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,12 @@ def _decode(source: str | os.PathLike | bytes, size: int) -> np.ndarray:
         fp: io.BytesIO | str = io.BytesIO(bytes(source))
     else:
         fp = os.fspath(source)
-        if os.path.isfile(fp) and os.path.getsize(fp) == 0:
+        info = os.stat(fp)  # FileNotFoundError: "no such file"
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(fp)
+        if not stat.S_ISREG(info.st_mode):  # opening a named pipe would wait for a writer forever
+            raise ImageError("not a regular file (a named pipe, socket or device)")
+        if info.st_size == 0:
             raise ImageError("empty file (0 bytes)")
     with Image.open(fp) as im:
         if im.width < 1 or im.height < 1:
@@ -166,6 +172,13 @@ def _torch() -> Any:
             except ImportError:
                 pass
     return _TORCH or None
+
+
+def resize_without_torch() -> None:
+    """Resize with Pillow from now on in this process and the workers it forks: ``predict``'s ONNX
+    path never imports torch (start-up), and pays ~0.3 ms more per image for it."""
+    global _TORCH
+    _TORCH = False
 
 
 def init_worker() -> None:
@@ -304,13 +317,35 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
     Image files are recognised by extension (any format Pillow reads), case-insensitively.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
+    return [Path(p) for p in iter_images(folder)]
+
+
+def iter_images(folder: str | os.PathLike) -> Iterator[str]:
+    """The paths of :func:`list_images`, one at a time, in the same order (``sorted`` on ``Path``s:
+    component by component), holding one folder's listing per level, never the whole tree.
+
+    Only regular files (and symlinks to them) are images: a named pipe, socket or device named
+    ``x.jpg`` is skipped (opening a pipe would wait forever). Symlinked folders are not followed
+    (no loops), as ``os.walk`` does by default.
+    """
+    top = os.fspath(folder)
+    if not os.path.isdir(top):
         raise ImageError("not a folder", where=str(folder))
     extensions = readable_extensions()
-    found = []
-    for parent, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(parent, f) for f in files
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions]
-    return sorted(found)
+
+    def walk(path: str) -> Iterator[str]:
+        try:
+            with os.scandir(path) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError:  # an unreadable folder: nothing to list (as os.walk)
+            return
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    yield from walk(entry.path)
+                elif os.path.splitext(entry.name)[1].lower() in extensions and entry.is_file():
+                    yield entry.path
+            except OSError:
+                continue
+
+    return walk(str(Path(top)))  # "photos/" -> "photos", as Path joins it

@@ -476,6 +476,39 @@ class Calibration:
     fresh: bool = False
 
 
+def calibration_for(arguments: list[str], images: str | None, calibrate: str | None,
+                    precision: str | None) -> Calibration:
+    """predict's calibration images: ``--calibrate DATA`` (quantize anew), else the inputs' first
+    images, decoded as they are for scoring."""
+    if calibrate is not None and precision != "int8":
+        raise UiaaError("--calibrate goes with --precision int8")
+    if calibrate is not None:
+        return Calibration(lambda size: calibration_pixels(calibrate, size, images), calibrate, fresh=True)
+    if "-" in arguments:  # stdin can be read only once, and it is for scoring
+        def refuse(size: int) -> np.ndarray:
+            raise UiaaError("--precision int8 with paths on stdin: give images to calibrate on with --calibrate "
+                            "DATA (once; the int8 model is kept)")
+        return Calibration(refuse, "")
+    return Calibration(lambda size: input_pixels(arguments, size, images),
+                       f"the inputs' first images (up to {CALIBRATION_IMAGES + HELD_BACK_IMAGES})")
+
+
+def input_pixels(arguments: list[str], size: int, images: str | None) -> np.ndarray:
+    """The first inputs' pixels, decoded as predict decodes them (those that fail are left out)."""
+    import itertools
+
+    from uiaa_cli.decoding import load
+    from uiaa_cli.inputs import open_inputs
+
+    pixels = []
+    for item in itertools.islice(open_inputs(arguments, size, images), CALIBRATION_IMAGES + HELD_BACK_IMAGES):
+        try:
+            pixels.append(load(item.source, size))
+        except (UiaaError, OSError, ValueError):
+            continue
+    return np.stack(pixels) if pixels else np.zeros((0, size, size, 3), dtype=np.uint8)
+
+
 def quantized_graph(checkpoint: Path, calibration: Calibration | None, note: Callable[[str], None]) -> Path:
     """The checkpoint's int8 graph, quantized once and kept as its fp32 graph is kept
     (``engines.exported_graph``): ``.NAME.int8.onnx`` beside it, else ``<sha256>.int8.onnx`` in the

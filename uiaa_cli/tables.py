@@ -16,8 +16,6 @@ import io
 import json
 import os
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,23 +254,11 @@ def from_h5_attr(value: Any) -> Any:
 # ----------------------------------------------------------------------------------- writing
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed onto it only if the block completes."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
-    os.close(fd)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the final file gets the usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:
+    """Kept for callers of the old name: :func:`uiaa_cli.outputs.atomic_output`."""
+    from uiaa_cli.outputs import atomic_output
+
+    return atomic_output(path)
 
 
 def write_table(table: Table, path: str | os.PathLike, fmt: str | None = None) -> None:
@@ -301,7 +287,9 @@ class TableWriter:
 
     def __enter__(self) -> TableWriter:
         if self.path != "-":
-            self._atomic = atomic_path(self.path)
+            from uiaa_cli.outputs import atomic_output
+
+            self._atomic = atomic_output(self.path, seekable=self.fmt == "h5")
             tmp = self._atomic.__enter__()
             if self.fmt == "h5":
                 import h5py
@@ -351,20 +339,29 @@ class TableWriter:
             pending.result()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        late = None
+        late: BaseException | None = None
         try:
             self._wait()
         except BaseException as e:  # a failure in the writing thread fails the whole write
             late = e
         if self._pool is not None:
             self._pool.shutdown()
-        if self.path == "-":
-            self._out.flush()
-        else:
-            self._out.close()
-            failure = exc or late
+        try:
+            if self.path == "-":
+                self._out.flush()
+            else:
+                self._out.close()  # may fail too (a full disk shows at the last flush)
+        except BaseException as e:
+            late = late or e
+        failure = exc or late
+        if self.path != "-":
             self._atomic.__exit__(type(failure) if failure else None, failure, None)
         if late is not None and exc is None:
+            if isinstance(late, OSError) and self.path == "-":
+                from uiaa_cli.outputs import WRITE_ERRNOS, write_error
+
+                if late.errno in WRITE_ERRNOS:
+                    raise write_error(late, self.path) from None
             raise late
 
 

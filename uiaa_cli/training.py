@@ -54,6 +54,7 @@ from uiaa_cli.models import (
     make_config,
     save_checkpoint,
 )
+from uiaa_cli.outputs import check_output_folder, output_lock
 from uiaa_cli.tables import Table
 
 STOP_AFTER_STEPS = "UIAA_STOP_AFTER_STEPS"  # test hook: behave as if Ctrl-C came after N steps
@@ -333,7 +334,8 @@ def default_out(arch: str, kind: str, loss: str) -> Path:
 
 
 def point_latest(out: Path) -> None:
-    """``runs/latest`` -> the newest run (a relative symlink, else a text file naming it)."""
+    """``latest`` beside the run (``runs/latest`` by default) -> the newest run (a relative symlink, else
+    a text file naming it), when a run starts and after each epoch."""
     link = out.parent / "latest"
     tmp = out.parent / f".latest.{os.getpid()}"
     with contextlib.suppress(OSError):
@@ -367,11 +369,14 @@ class Trainer:
 
     def __init__(self, settings: TrainSettings, dist: Dist) -> None:
         self.dist = dist
+        self._lock: Any = None
         saved = None
         if settings.resume:
             saved = self.load_resume(Path(settings.resume))
             settings = self.resumed(settings, saved["settings"])
         self.settings = s = settings
+        if s.out and dist.main:  # before any work: a run that cannot be saved is not started
+            check_output_folder(s.out, what="run folder", create=False)
         if s.loss not in LOSSES:
             raise UiaaError(f"unknown loss {s.loss!r}; choose one of {', '.join(LOSSES)}")
         if s.arch not in ARCHS:
@@ -477,11 +482,17 @@ class Trainer:
             td.broadcast_object_list(box, src=0)
             out = Path(box[0])
         out = out or default_out(s.arch, self.kind, s.loss)
+        if self.dist.main:
+            check_output_folder(out, what="run folder")
+            lock = output_lock(out)  # released in close(): one run at a time writes a folder
+            lock.__enter__()
+            self._lock = lock
         if not resuming and (out / "last.pt").exists():
+            self.close_lock()
             raise UiaaError(f"already holds a run: continue it with --resume {out}, or choose another --out",
                             where=at(str(out)))
         if self.dist.main:
-            out.mkdir(parents=True, exist_ok=True)
+            point_latest(out)
         return out
 
     # ------------------------------------------------------------------------- checkpoints
@@ -619,8 +630,7 @@ class Trainer:
                     for r in self.history]
             if srcc[-1] >= max(srcc) or not (self.out / "best.pt").exists():
                 self.save("best.pt", row, False)
-            if self.out.parent.name == "runs":
-                point_latest(self.out)
+            point_latest(self.out)
             reporter.line(epoch_line(row, self.settings.epochs))
         self.barrier()
 
@@ -685,6 +695,12 @@ class Trainer:
         self.source.close()
         if self.val_source is not self.source:
             self.val_source.close()
+        self.close_lock()
+
+    def close_lock(self) -> None:
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.__exit__(None, None, None)
 
 
 def train(settings: TrainSettings) -> Path:

@@ -1,0 +1,157 @@
+"""Decode batches of inputs in worker processes, ahead of the model, in order; no torch needed.
+
+``decoded_batches(inputs, ...)`` cuts an iterator of :class:`uiaa_cli.inputs.Input` into batches
+and hands each to a pool of forked worker processes, keeping at most ``ahead`` batches in flight
+(memory stays flat however many inputs there are), and yields them back in input order as
+:class:`Decoded`: the batch's inputs, the uint8 pixels ``(k, S, S, 3)`` of those that decoded, and
+a reason for each one that did not. While the caller runs the model on one batch, the workers
+decode the next ones. ``workers=0`` decodes in the calling process.
+
+The workers resize with Pillow whatever the engine (``images.resize_without_torch``): both engines
+see the same pixels, and the ONNX path never imports torch.
+
+Later: ``cache.py`` has the same pool set-up (fork, ignore SIGINT in workers, die with the parent);
+the two could share one helper once nobody else is editing ``cache.py``.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import multiprocessing as mp
+import os
+import signal
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import numpy as np
+
+from uiaa_cli import images
+from uiaa_cli.errors import UiaaError
+from uiaa_cli.inputs import Input
+
+_SIZE = 0
+_CACHES: dict[str, object] = {}  # cache path -> CacheReader, opened once per process
+
+
+@dataclass
+class Decoded:
+    """One batch: ``inputs`` in order; ``good`` positions (into ``inputs``) of ``pixels``' rows;
+    ``errors``: ``(position, reason)`` for each input that could not be decoded."""
+
+    inputs: list[Input]
+    good: np.ndarray
+    pixels: np.ndarray
+    errors: list[tuple[int, str]]
+
+
+def decoded_batches(inputs: Iterator[Input], size: int, batch_size: int, workers: int,
+                    ahead: int | None = None) -> Iterator[Decoded]:
+    """Batches of ``inputs``, decoded to ``size`` px, in order; see the module doc."""
+    # Pillow resizes for every engine: the same pixels whichever engine scores them (torch's kernel
+    # differs by up to a grey level), and the ONNX path never imports torch.
+    images.resize_without_torch()
+    batches = iter(lambda: list(itertools.islice(inputs, batch_size)), [])
+    if workers <= 0:
+        _init(size, None)
+        for batch in batches:
+            yield _assemble(batch, *decode_batch([item.source for item in batch]))
+        return
+    ahead = ahead or workers + 2
+    pool = _start_pool(workers, size)
+    pending: collections.deque[tuple[list[Input], Future]] = collections.deque()
+    try:
+        for batch in itertools.islice(batches, ahead):
+            pending.append((batch, pool.submit(decode_batch, [item.source for item in batch])))
+        while pending:
+            batch, future = pending.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                raise UiaaError("a decoding process died (out of memory? a crash in an image decoder?)") from None
+            for more in itertools.islice(batches, 1):
+                pending.append((more, pool.submit(decode_batch, [item.source for item in more])))
+            yield _assemble(batch, *result)
+    finally:
+        # Stop now (| head closed the pipe, Ctrl-C, an error): queued batches are dropped and the
+        # workers end with their current batch of a few images. After the last batch the pool is
+        # idle and is waited for: left running, its manager thread races the interpreter's exit
+        # ("Exception ignored in: <module 'threading'> ... Bad file descriptor" on stderr).
+        pool.shutdown(wait=not pending, cancel_futures=True)
+
+
+def _assemble(batch: list[Input], good: list[int], pixels: np.ndarray, errors: list[tuple[int, str]]) -> Decoded:
+    return Decoded(batch, np.asarray(good, dtype=np.int64), pixels, errors)
+
+
+def _start_pool(workers: int, size: int) -> ProcessPoolExecutor:
+    images.preload()  # with the torch resizer: imported once here, shared by the forked workers
+    context = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=(size, os.getpid()))
+
+
+def _init(size: int, parent: int | None) -> None:
+    global _SIZE
+    _SIZE = size
+    if parent is not None:  # a worker process
+        from uiaa_cli.cache import _die_with_parent
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+        _die_with_parent(parent)
+        images.init_worker()
+        _lower_priority()
+
+
+def _lower_priority() -> None:
+    """Decode in the model's gaps: decoding is a few percent of the work, and a decoder preempting
+    one of the model's threads stalls all of them (they meet at barriers)."""
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+
+
+def decode_batch(sources: list[tuple]) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+    """Decode one batch (in a worker): positions decoded, their pixels stacked, (position, reason)s."""
+    good: list[int] = []
+    pixels: list[np.ndarray] = []
+    errors: list[tuple[int, str]] = []
+    for position, source in enumerate(sources):
+        try:
+            pixels.append(load(source, _SIZE))
+            good.append(position)
+        except (UiaaError, OSError, ValueError) as e:
+            errors.append((position, getattr(e, "message", None) or str(e) or type(e).__name__))
+        except Exception as e:  # noqa: BLE001 - one bad input must never stop the run
+            errors.append((position, f"unexpected {type(e).__name__}: {e}"))
+    stack = np.stack(pixels) if pixels else np.empty((0, _SIZE, _SIZE, 3), dtype=np.uint8)
+    return good, stack, errors
+
+
+def load(source: tuple, size: int) -> np.ndarray:
+    """The ``(size, size, 3)`` uint8 pixels of one input's source (see ``inputs.Input``)."""
+    kind = source[0]
+    if kind == "file":
+        return images.decode_image(source[1], size)
+    if kind == "table":  # resolved here, in the worker: a name that escapes the root is refused
+        return images.decode_image(images.resolve_image(source[1], source[2]), size)
+    if kind == "tar":
+        _, path, offset, length = source
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+        if len(data) != length:
+            raise images.ImageError("the shard ends inside this member (truncated)")
+        return images.decode_image(data, size)
+    if kind == "cache":
+        reader = _CACHES.get(source[1])
+        if reader is None:
+            from uiaa_cli.cache import CacheReader
+
+            reader = _CACHES[source[1]] = CacheReader(source[1])
+        return reader.read(np.array([source[2]]))[0]
+    if kind == "error":
+        raise UiaaError(source[1])
+    raise ValueError(f"unknown input source {kind!r}")

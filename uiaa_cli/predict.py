@@ -1,0 +1,402 @@
+"""``uiaa predict``: inputs -> decoded batches -> engine -> output, streaming at any size.
+
+- Inputs: :mod:`uiaa_cli.inputs` (files, folders, ``-``, tar shards, tables, caches), produced
+  lazily; ``--shard K/N`` keeps the inputs at positions ``K mod N`` (:func:`inputs.select_shard`).
+- Decoding: :mod:`uiaa_cli.decoding`, worker processes a few batches ahead, in order.
+- Scoring: an engine (``engines.open_engine``): uint8 pixels in, score and memberships out.
+- Output, as each batch finishes: ``path<TAB>score`` lines on stdout (names with tabs, newlines or
+  backslashes escaped as ``\\t``, ``\\n``, ``\\\\``); ``-o -`` or a device/pipe: the table streamed;
+  ``-o FILE``: the table built in committed parts in ``FILE.partial/`` (:mod:`uiaa_cli.parts`)
+  and joined into FILE at the end, so ``--resume`` continues a run stopped by Ctrl-C or ``kill -9``.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) rank R of W scores every W-th input (of its ``--shard``);
+with ``-o FILE`` each rank builds its own ``FILE.rank-R-of-W.partial/`` and rank 0 merges them into
+FILE by streaming, in input order; without ``-o`` each rank writes its lines as its batches finish.
+This module never imports torch (the ONNX engine runs without it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from uiaa_cli.errors import UiaaError
+from uiaa_cli.inputs import Input, open_inputs, parse_shard, select_shard
+from uiaa_cli.tables import Table
+
+COMMIT_SECONDS = float(os.environ.get("UIAA_COMMIT_SECONDS", 2.0))  # a kill loses at most this much work
+COMMIT_ROWS = 100_000
+
+
+@dataclass
+class PredictResult:
+    scored: int  # by this run (and rank)
+    failed: int  # all failed inputs, earlier interrupted runs included
+    seconds: float
+    carried: int = 0  # scored by an interrupted run that --resume continued
+
+
+def escape(name: str) -> str:
+    """A name on one line of ``path<TAB>score``: backslash, tab, newline and return escaped."""
+    if "\\" in name or "\t" in name or "\n" in name or "\r" in name:
+        return name.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return name
+
+
+def run_predict(arguments: list[str], *, model: str | None, output: str | None, fmt: str | None,
+                images: str | None, device: str, batch_size: int, workers: int | None, progress: bool,
+                engine: str = "auto", shard: str | None = None, resume: bool = False, precision: str | None = None,
+                calibrate: str | None = None) -> PredictResult:
+    """The whole of ``uiaa predict``; see the module doc."""
+    if batch_size < 1:
+        raise UiaaError("--batch-size must be at least 1")
+    if workers is not None and workers < 0:
+        raise UiaaError("--workers must be 0 or more")
+    k, n = parse_shard(shard)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    from uiaa_cli.outputs import is_special
+
+    to_file = output not in (None, "-") and not is_special(output)
+    if resume and not to_file:
+        raise UiaaError("--resume continues an interrupted -o FILE: give the same -o FILE")
+    if world > 1 and output is not None and not to_file:
+        raise UiaaError("under torchrun, -o must be a file (each rank writes a part, rank 0 joins them)")
+    if output is not None:
+        from uiaa_cli.tables import table_format
+
+        table_format(output, fmt)  # an unknown extension is an error before any work (cli checks the path)
+    from uiaa_cli.quantize import calibration_for, open_engine  # engines.open_engine, with int8
+
+    scorer = open_engine(model, engine, device, precision=precision,
+                         calibration=calibration_for(arguments, images, calibrate, precision))
+    config = scorer.config
+    size = int(config["size"])
+    inputs = open_inputs(arguments, size, images)
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    targets = [str(t) for t in config["targets"]]
+    columns = ["image"] + (["shard"] if inputs.has_shards else []) + ["score", "std"] + targets
+    attrs = {"uiaa": "predict", "model": str(scorer.model), "kind": config.get("kind"), "bins": config["bins"],
+             "config": json_safe(config)}
+    # Job k of n, and rank r of w within it: the inputs at positions k + n r modulo n w.
+    items = select_shard(iter(inputs), k + n * rank, n * world)
+
+    if world > 1:
+        init_distributed()
+    start = time.perf_counter()
+    if to_file:
+        assert output is not None
+        part_name = output if world == 1 else f"{output}.rank-{rank}-of-{world}"
+        identity = {"model": file_sha256(scorer.model), "inputs": inputs.arguments,
+                    "options": {"shard": [k, n], "rank": [rank, world], "columns": columns}}
+        sink: Sink = PartsSink(part_name, identity, resume, attrs)
+    elif output is not None:
+        sink = TableSink(output, fmt, attrs)
+    else:
+        sink = LinesSink()
+    with output_lock(output if to_file and rank == 0 else None), \
+            output_lock(f"{output}.rank-{rank}-of-{world}" if to_file and world > 1 else None):
+        result = score_all(scorer, items, sink, columns, size=size, batch_size=batch_size, workers=workers,
+                           progress=progress and rank == 0, inputs=inputs)
+        result.seconds = time.perf_counter() - start
+        if world > 1:
+            result = finish_distributed(result, output if to_file else None, fmt, attrs, columns, rank, world)
+        elif to_file:
+            assert isinstance(sink, PartsSink)
+            from uiaa_cli import parts
+
+            parts.join([sink.partial], str(output), fmt, attrs, empty_rows(columns))
+            sink.partial.remove()
+    return result
+
+
+def score_all(scorer: Any, items: Iterator[Input], sink: Sink, columns: list[str], *, size: int, batch_size: int,
+              workers: int, progress: bool, inputs: Any) -> PredictResult:
+    """Decode, score and write every input of ``items``; failures are one line each on stderr."""
+    from uiaa_cli.decoding import decoded_batches
+    from uiaa_cli.metrics import predicted_score
+
+    bins = np.asarray(scorer.config["bins"], dtype=np.float64)
+    names = hashlib.sha256()
+    done, failed = sink.done, sink.failed
+    carried = sink.carried
+    items = sink.skip(items, names)
+    scored = 0
+    with progress_bar(None, progress) as advance:
+        try:
+            for batch in decoded_batches(items, size, batch_size, workers):
+                for position, message in batch.errors:
+                    report_failure(batch.inputs[position], message)
+                good = [batch.inputs[i] for i in batch.good.tolist()]
+                if good:
+                    _, probs = scorer(batch.pixels)
+                    probs = np.asarray(probs, dtype=np.float64)
+                    score, std = predicted_score(probs, bins)
+                    rows = predictions(good, score, np.full(len(good), np.nan) if std is None else std, probs,
+                                       columns)
+                    sink.write(rows)
+                    scored += len(good)
+                for item in batch.inputs:
+                    names.update(f"{item.index}\0{item.shard}\0{item.name}\n".encode("utf-8", "surrogatepass"))
+                done += len(batch.inputs)
+                failed += len(batch.errors)
+                sink.batch_done(done, names.hexdigest(), failed)
+                advance(len(batch.inputs))
+        except KeyboardInterrupt:
+            sink.interrupted()
+            raise
+    sink.close(done, names.hexdigest(), failed)
+    return PredictResult(scored, failed, 0.0, carried)
+
+
+def predictions(good: list[Input], score: np.ndarray, std: np.ndarray, probs: np.ndarray,
+                columns: list[str]) -> Table:
+    """One batch's rows: ``_index``, then the output's columns."""
+    values: dict[str, np.ndarray] = {"_index": np.array([item.index for item in good], dtype=np.int64),
+                                     "image": np.array([item.name for item in good], dtype=str)}
+    if "shard" in columns:
+        values["shard"] = np.array([item.shard for item in good], dtype=str)
+    values["score"], values["std"] = score, std
+    for j, name in enumerate(columns[columns.index("std") + 1:]):
+        values[name] = probs[:, j]
+    return Table(values)
+
+
+def empty_rows(columns: list[str]) -> Table:
+    return Table({"_index": np.zeros(0, dtype=np.int64),
+                  **{c: np.zeros(0, dtype=str) if c in ("image", "shard") else np.zeros(0) for c in columns}})
+
+
+def report_failure(item: Input, message: str) -> None:
+    """One line on stderr for an input that could not be scored, naming it (and its shard) once."""
+    if item.shard:
+        where = f"{item.shard}: {item.name}" if item.name else item.shard
+    else:
+        where = item.name
+    text = message if message.startswith(where) else f"{where}: {message}"
+    print(f"uiaa predict: {escape(text)}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------- outputs
+
+
+class Sink:
+    """Where rows go. ``done``/``failed``/``carried``: what an interrupted run already finished."""
+
+    done = failed = carried = 0
+
+    def skip(self, items: Iterator[Input], names: Any) -> Iterator[Input]:
+        return items
+
+    def write(self, rows: Table) -> None:
+        raise NotImplementedError
+
+    def batch_done(self, done: int, names: str, failed: int) -> None:
+        pass
+
+    def interrupted(self) -> None:
+        pass
+
+    def close(self, done: int, names: str, failed: int) -> None:
+        pass
+
+
+class LinesSink(Sink):
+    """``path<TAB>score`` lines on stdout, flushed per batch (``| head`` returns at once)."""
+
+    def write(self, rows: Table) -> None:
+        names = rows["image"].tolist()
+        if "shard" in rows:  # a shard's sample: SHARD/KEY, as if the tar were a folder
+            names = [f"{s}/{k}" for s, k in zip(rows["shard"].tolist(), names)]
+        sys.stdout.write("".join(f"{escape(name)}\t{s:.4f}\n" for name, s in zip(names, rows["score"].tolist())))
+        sys.stdout.flush()
+
+
+class TableSink(Sink):
+    """The table streamed to stdout (``-o -``) or written through to a device or named pipe."""
+
+    def __init__(self, output: str, fmt: str | None, attrs: dict[str, Any]) -> None:
+        from uiaa_cli.tables import TableWriter
+
+        self.writer = TableWriter(output, fmt).__enter__()
+        self.attrs = attrs
+        self.started = False
+
+    def write(self, rows: Table) -> None:
+        from uiaa_cli.parts import without_index
+
+        self.writer.write(without_index(rows, self.attrs))
+        self.started = True
+
+    def close(self, done: int, names: str, failed: int) -> None:
+        self.writer.__exit__(None, None, None)
+
+    def interrupted(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+
+
+class PartsSink(Sink):
+    """Rows committed to ``OUTPUT.partial/`` every few seconds (see :mod:`uiaa_cli.parts`)."""
+
+    def __init__(self, output: str, identity: dict[str, Any], resume: bool, attrs: dict[str, Any]) -> None:
+        from uiaa_cli.parts import PartialTable, partial_path
+
+        self.partial = PartialTable.start(partial_path(output), identity, resume)
+        self.done, self.failed, self.carried = self.partial.done, self.partial.failed, self.partial.rows
+        self.last_commit = time.monotonic()
+        self.pending_rows = 0
+        self.state = (self.done, self.partial.manifest["names"], self.failed)
+
+    def skip(self, items: Iterator[Input], names: Any) -> Iterator[Input]:
+        """Pass over the inputs an interrupted run finished, checking they are the same ones."""
+        if not self.done:
+            yield from items
+            return
+        seen = 0
+        for item in items:
+            if seen < self.done:
+                names.update(f"{item.index}\0{item.shard}\0{item.name}\n".encode("utf-8", "surrogatepass"))
+                seen += 1
+                if seen == self.done:
+                    self._check(names.hexdigest())
+                continue
+            yield item
+        if seen < self.done:
+            self._check(None)
+
+    def _check(self, digest: str | None) -> None:
+        if digest != self.partial.manifest["names"]:
+            raise UiaaError(f"the inputs differ from the interrupted run's (its first {self.done:,} inputs are not "
+                            "the same): resume with the same inputs, or delete it to start again",
+                            where=str(self.partial.folder))
+
+    def write(self, rows: Table) -> None:
+        self.partial.append(rows)
+        self.pending_rows += len(rows)
+
+    def batch_done(self, done: int, names: str, failed: int) -> None:
+        self.state = (done, names, failed)
+        if time.monotonic() - self.last_commit >= COMMIT_SECONDS or self.pending_rows >= COMMIT_ROWS:
+            self._commit()
+
+    def _commit(self) -> None:
+        self.partial.commit(*self.state)
+        self.last_commit, self.pending_rows = time.monotonic(), 0
+
+    def interrupted(self) -> None:
+        self._commit()  # the batches finished before Ctrl-C are kept
+        print(f"uiaa predict: interrupted; {self.partial.rows:,} scores are kept in {self.partial.folder}: run the "
+              "same command with --resume to continue", file=sys.stderr, flush=True)
+
+    def close(self, done: int, names: str, failed: int) -> None:
+        self.state = (done, names, failed)
+        self._commit()
+        self.partial.finish()
+
+
+# ---------------------------------------------------------------------------------- torchrun
+
+
+def init_distributed() -> None:
+    """A gloo process group, only to wait for every rank at the end (results never travel through it)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        # Long timeout: a resumed rank may have far less left to do than the others.
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+
+
+def finish_distributed(result: PredictResult, output: str | None, fmt: str | None, attrs: dict[str, Any],
+                       columns: list[str], rank: int, world: int) -> PredictResult:
+    """Wait for every rank; rank 0 merges the ranks' parts into ``output`` and sums the counts."""
+    import torch
+    import torch.distributed as dist
+
+    counts = torch.tensor([result.scored, result.failed, result.carried], dtype=torch.int64)
+    dist.all_reduce(counts)  # also the barrier: every rank has finished its part
+    try:
+        if rank == 0 and output is not None:
+            from uiaa_cli import parts
+
+            partials = [parts.PartialTable(parts.partial_path(f"{output}.rank-{r}-of-{world}"),
+                                           parts.read_manifest(parts.partial_path(f"{output}.rank-{r}-of-{world}")))
+                        for r in range(world)]
+            parts.join(partials, output, fmt, attrs, empty_rows(columns))
+            for partial in partials:
+                partial.remove()
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    if rank != 0:
+        return result  # its own failures were its own lines; rank 0 gives the totals
+    scored, failed, carried = (int(v) for v in counts.tolist())
+    return PredictResult(scored, failed, result.seconds, carried)
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def output_lock(path: str | None) -> Any:
+    """The lock on building ``path`` (None: nothing to lock)."""
+    if path is None:
+        return contextlib.nullcontext()
+    from uiaa_cli.outputs import output_lock as lock
+
+    return lock(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def json_safe(value: Any) -> Any:
+    """A checkpoint's config as plain JSON values (for the output's metadata)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+class progress_bar:
+    """A rich progress bar on stderr when wanted; otherwise nothing (pipes and logs stay clean)."""
+
+    def __init__(self, total: int | None, show: bool) -> None:
+        self.total, self.show = total, show
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.show:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=Console(stderr=True), transient=True,
+                            redirect_stdout=False)  # stdout carries the scores; stderr lines go above the bar
+        self.bar.__enter__()
+        task = self.bar.add_task("predict", total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.show:
+            self.bar.__exit__(*exc)
+
