@@ -54,7 +54,8 @@ def escape(name: str) -> str:
 
 def run_predict(arguments: list[str], *, model: str | None, output: str | None, fmt: str | None,
                 images: str | None, device: str, batch_size: int, workers: int | None, progress: bool,
-                engine: str = "auto", shard: str | None = None, resume: bool = False) -> PredictResult:
+                engine: str = "auto", shard: str | None = None, resume: bool = False, precision: str | None = None,
+                calibrate: str | None = None) -> PredictResult:
     """The whole of ``uiaa predict``; see the module doc."""
     if batch_size < 1:
         raise UiaaError("--batch-size must be at least 1")
@@ -73,9 +74,10 @@ def run_predict(arguments: list[str], *, model: str | None, output: str | None, 
         from uiaa_cli.tables import table_format
 
         table_format(output, fmt)  # an unknown extension is an error before any work (cli checks the path)
-    from uiaa_cli.engines import open_engine
+    from uiaa_cli.quantize import calibration_for, open_engine  # engines.open_engine, with int8
 
-    scorer = open_engine(model, engine, device)
+    scorer = open_engine(model, engine, device, precision=precision,
+                         calibration=calibration_for(arguments, images, calibrate, precision))
     config = scorer.config
     size = int(config["size"])
     inputs = open_inputs(arguments, size, images)
