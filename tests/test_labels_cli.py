@@ -181,13 +181,16 @@ def test_debug_shows_the_traceback(uiaa, tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr.decode()
 
 
-def test_quiet_and_broken_pipe(uiaa, test_data):
+def test_quiet_and_broken_pipe(uiaa, test_data, tmp_path):
     import subprocess
     import sys
 
     r = uiaa("labels", test_data / "AVA_excerpt.txt", "-q")
     assert r.returncode == 0 and r.stderr == b""
-    p = subprocess.run(["bash", "-c", f"{sys.executable} -m uiaa_cli labels {test_data / 'AVA_excerpt.txt'} "
+    # Far more output than a pipe buffers (the excerpt's would fit), so the writer really meets a closed pipe.
+    many = tmp_path / "AVA.txt"
+    many.write_text("".join(f"{i} {800000 + i} {i % 7} 3 9 17 38 36 15 6 5 {i % 3} 1 22 1396\n" for i in range(20000)))
+    p = subprocess.run(["bash", "-c", f"{sys.executable} -m uiaa_cli labels {many} "
                         "| head -2; echo status ${PIPESTATUS[0]}"], capture_output=True)
     assert p.stderr == b"" and p.stdout.count(b"\n") == 3
     assert p.stdout.endswith(b"status 0\n")

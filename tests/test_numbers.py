@@ -296,7 +296,7 @@ def test_predict_of_a_labels_table_with_a_folder_where_no_image_resolves(uiaa, t
     frame.to_csv(tmp_path / "labels.csv", index=False)
     (tmp_path / "empty").mkdir()
     r = uiaa("predict", tmp_path / "labels.csv", "--images", tmp_path / "empty", "-m", tmp_path / "m.pt",
-             "--workers", "0", "--device", "cpu")
+             "--workers", "0", "--device", "cpu", "-q")  # -q: no line about exporting the model first
     one_error_line(r, "predict", "empty", "none of the 4 images", "--images")
     assert r.stdout == b""
 

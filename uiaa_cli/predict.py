@@ -55,8 +55,8 @@ def escape(name: str) -> str:
 def run_predict(arguments: list[str], *, model: str | None, output: str | None, fmt: str | None,
                 images: str | None, device: str, batch_size: int, workers: int | None, progress: bool,
                 engine: str = "auto", shard: str | None = None, resume: bool = False, precision: str | None = None,
-                calibrate: str | None = None) -> PredictResult:
-    """The whole of ``uiaa predict``; see the module doc."""
+                calibrate: str | None = None, note: Callable[[str], None] | None = None) -> PredictResult:
+    """The whole of ``uiaa predict``; see the module doc. ``note`` gets the lines for people (an export)."""
     if batch_size < 1:
         raise UiaaError("--batch-size must be at least 1")
     if workers is not None and workers < 0:
@@ -77,7 +77,7 @@ def run_predict(arguments: list[str], *, model: str | None, output: str | None, 
     from uiaa_cli.quantize import calibration_for, open_engine  # engines.open_engine, with int8
 
     scorer = open_engine(model, engine, device, precision=precision,
-                         calibration=calibration_for(arguments, images, calibrate, precision))
+                         calibration=calibration_for(arguments, images, calibrate, precision), note=note)
     config = scorer.config
     size = int(config["size"])
     inputs = open_inputs(arguments, size, images)
