@@ -720,7 +720,7 @@ def predict(
                              device=device, batch_size=batch_size, workers=workers,
                              progress=(interactive or progress) and not quiet, shard=shard, resume=resume,
                              engine=engine.value, precision=precision.value if precision else None,
-                             calibrate=calibrate, note=say)
+                             calibrate=calibrate, note=lambda line: say(f"uiaa predict: {line}"))
         if (interactive or progress) and os.environ.get("RANK", "0") == "0":
             carried = f" ({result.carried:,} more by the interrupted run)" if result.carried else ""
             say(f"uiaa predict: {result.scored:,} images scored{carried}, {result.failed:,} failed, "
