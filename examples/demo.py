@@ -7,7 +7,7 @@ Every step is the real ``uiaa`` command, run as a subprocess and echoed as it wo
 Everything goes into ./demo/ (removed and rebuilt on each run). Prints the evaluation table on the
 held-out images, their SRCC, and the best and worst few of them.
 
-    python examples/demo.py [--epochs 6] [--size 48] [--kind rsd] [--lr 1e-2,1e-3] [--out demo]
+    python examples/demo.py [--epochs 12] [--size 48] [--kind rsd] [--lr 1e-2,1e-3] [--out demo]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run labels -> cache -> train -> predict -> evaluate on the "
                                                  "example data.")
     parser.add_argument("--out", type=Path, default=Path("demo"), help="working folder (default ./demo)")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--size", type=int, default=48, help="image side for training (pixels)")
     parser.add_argument("-n", type=int, default=600, help="number of example images")
     parser.add_argument("--kind", default="rsd", help="label kind (uiaa labels --kind)")

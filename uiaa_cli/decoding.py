@@ -76,10 +76,10 @@ def decoded_batches(inputs: Iterator[Input], size: int, batch_size: int, workers
             yield _assemble(batch, *result)
     finally:
         # Stop now (| head closed the pipe, Ctrl-C, an error): queued batches are dropped and the
-        # workers end with their current batch of a few images. After the last batch the pool is
-        # idle and is waited for: left running, its manager thread races the interpreter's exit
+        # workers end with their current batch of a few images, which is waited for. A pool left
+        # running, even one told to stop, has a manager thread that races the interpreter's exit
         # ("Exception ignored in: <module 'threading'> ... Bad file descriptor" on stderr).
-        pool.shutdown(wait=not pending, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _assemble(batch: list[Input], good: list[int], pixels: np.ndarray, errors: list[tuple[int, str]]) -> Decoded:
