@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow demo ablation bench lint man clean
+.PHONY: test demo ablation bench lint man clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,16 +13,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check uiaa_cli tests benchmarks examples
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
-
-test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow tests
 
 demo: $(STAMP)
 	$(PY) examples/demo.py

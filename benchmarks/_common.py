@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,3 +55,43 @@ def report(title: str, rows: list[tuple[str, str, str, bool]]) -> bool:
     for what, measured, bar, ok in rows:
         print(f"{what:<{width}}  {measured:>22}  {bar:>14}  {'PASS' if ok else 'FAIL'}")
     return all(r[3] for r in rows)
+
+
+class TreeMemory:
+    """Peak memory of a running process and its children, sampled in a thread every ``every`` seconds
+    while the ``with`` block runs: ``peak`` (summed RSS, bytes), ``peak_pss`` (summed PSS, which
+    counts pages shared between forked processes once; read only with ``pss=True``, it is slower)
+    and ``own`` (the process's own peak RSS, the kernel's VmHWM)."""
+
+    def __init__(self, pid: int, every: float = 0.005, pss: bool = False) -> None:
+        import psutil
+
+        self.root, self.every, self.pss = psutil.Process(pid), every, pss
+        self.peak = self.peak_pss = self.own = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._done.is_set():
+            rss = pss = 0
+            try:
+                for p in [self.root, *self.root.children(recursive=True)]:
+                    info = p.memory_full_info() if self.pss else p.memory_info()
+                    rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
+                status = Path(f"/proc/{self.root.pid}/status").read_text()
+                self.own = max(self.own, int(status.split("VmHWM:")[1].split()[0]) * 1024)
+            except (psutil.Error, OSError, IndexError):
+                pass  # a process ended between listing and reading: this sample is dropped
+            else:
+                self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
+            self._done.wait(self.every)

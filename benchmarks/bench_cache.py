@@ -29,13 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import psutil
 from PIL import Image
 
 from uiaa_cli import images
 from uiaa_cli.cache import build_cache
 
-from _common import best_of, report
+from _common import TreeMemory, best_of, report
 
 
 def make_photos(folder: Path, n: int, seed: int = 0) -> list[str]:
@@ -144,7 +143,8 @@ def cache_run(labels: Path, root: Path, out: Path, size: int, workers: int,
     workers, and the seconds of the decoding phase alone (what the command reports as images/s)."""
     def run() -> None:
         children, writer = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
-        report = build_cache(labels, root, out, size=size, workers=workers, progress=False, log=lambda line: None)
+        report = build_cache(labels, root, out, size=size, workers=workers, progress=False, log=lambda line: None,
+                             store="raw")  # the bare decoders compared with do not encode
         after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers have been waited for
         if stats is not None:
             stats.update(writer=time.process_time() - writer, phase=report.seconds,
@@ -162,23 +162,13 @@ def peak_memory(labels: Path, root: Path, out: Path, size: int, workers: int) ->
     """
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "uiaa_cli", "cache", str(labels), "--images", str(root), "-o",
-                             str(out), "--size", str(size), "--workers", str(workers), "-q"])
-    watched = psutil.Process(proc.pid)
-    peak_rss = peak_pss = 0
-    while proc.poll() is None:
-        rss = pss = 0
-        try:
-            for p in [watched, *watched.children(recursive=True)]:
-                info = p.memory_full_info()
-                rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue  # a process ended between listing and reading: sample again
-        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-        time.sleep(0.02)
+                             str(out), "--size", str(size), "--workers", str(workers), "--store", "raw", "-q"])
+    with TreeMemory(proc.pid, every=0.02, pss=True) as memory:
+        proc.wait()
     if proc.returncode != 0:
         raise SystemExit(f"uiaa cache failed with status {proc.returncode}")
     out.unlink()
-    return peak_rss / 2**20, peak_pss / 2**20, time.perf_counter() - start
+    return memory.peak / 2**20, memory.peak_pss / 2**20, time.perf_counter() - start
 
 
 # ----------------------------------------------------------------------------- light start
@@ -197,24 +187,15 @@ def command(args: list[str], with_torch: bool) -> tuple[float, float, str, float
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, *launcher, *args], stderr=subprocess.PIPE, text=True)
-    watched = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        rss = 0
-        try:
-            for p in [watched, *watched.children(recursive=True)]:
-                rss += p.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        peak = max(peak, rss)
-        time.sleep(0.005)
+    with TreeMemory(proc.pid) as memory:
+        proc.wait()
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     err = proc.stderr.read()
     if proc.returncode != 0:
         raise SystemExit(f"uiaa {' '.join(args)} failed with status {proc.returncode}: {err}")
-    return wall, peak / 2**20, err, cpu
+    return wall, memory.peak / 2**20, err, cpu
 
 
 def phase_rate(stderr: str) -> float:
@@ -316,7 +297,7 @@ def light_start(tmp: Path, n: int, repeat: int) -> list[tuple[str, str, str, boo
             best[key] = min(best.get(key, (wall, peak, cpu)), (wall, peak, cpu))
             for size in (128, 384):
                 wall, peak, err, _ = command(["cache", str(many), "--images", str(tmp / "light"), "-o", out,
-                                           "--size", str(size), "--workers", "2"], with_torch)
+                                           "--size", str(size), "--workers", "2", "--store", "raw"], with_torch)
                 os.unlink(out)
                 key = (size, with_torch)
                 rate = phase_rate(err)

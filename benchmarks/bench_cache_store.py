@@ -297,9 +297,15 @@ def main() -> int:
         print(f"CacheReader.read, 384 px, batches of 32, 1 process: raw {min(reads['raw']):.2f} ms/image, "
               f"jpeg {min(reads['jpeg']):.2f} ms/image (decoding included)")
 
-        # Training and predicting at 128 px.
+        # Training and predicting at 128 px, on epochs of 512 images: the loader's decoding processes
+        # start once per epoch (about 0.5-0.8 s on 2 cores), which a 128-image epoch would count as
+        # 20 % of its time and a real data set's epoch (hundreds of thousands of images) does not.
+        n_train = 128 if args.quick else 512
+        train_images = tmp / "photos128"
+        train_names = make_photos(train_images, n_train, distinct)
+        run_uiaa("labels", write_counts(tmp / "counts128.csv", train_names), "-o", tmp / "labels128.csv", "--quiet")
         for store in ("raw", "jpeg"):
-            build(labels, images, tmp / f"{store}128.h5", 128, store)
+            build(tmp / "labels128.csv", train_images, tmp / f"{store}128.h5", 128, store)
         raw_train, jpeg_train = train_speeds(tmp / "raw128.h5", tmp / "jpeg128.h5", tmp, rounds)
         train_ratio = max(jpeg_train) / max(raw_train)
         run_uiaa("train", tmp / "raw128.h5", "--arch", "resnet18", "--weights", "none", "--epochs", "1",
@@ -317,10 +323,10 @@ def main() -> int:
                 reads128[store].append(read_speed(tmp / f"{store}128.h5", batches))
         print(f"CacheReader.read, 128 px: raw {min(reads128['raw']):.3f}, jpeg {min(reads128['jpeg']):.3f} ms/image")
         rows += [
-            ("train images/s from jpeg / raw (resnet18, 128 px)", f"{max(jpeg_train):.1f} / {max(raw_train):.1f} "
-             f"= {train_ratio:.0%}", ">= 90%", train_ratio >= 0.9),
+            (f"train images/s from jpeg / raw (resnet18, 128 px, epochs of {n_train})",
+             f"{max(jpeg_train):.1f} / {max(raw_train):.1f} = {train_ratio:.0%}", ">= 90%", train_ratio >= 0.9),
             ("uiaa predict CACHE images/s, jpeg / raw (128 px)",
-             f"{n / min(waits['jpeg']):.2f} / {n / min(waits['raw']):.2f} = {predict_ratio:.0%}", ">= 90%",
+             f"{n_train / min(waits['jpeg']):.2f} / {n_train / min(waits['raw']):.2f} = {predict_ratio:.0%}", ">= 90%",
              predict_ratio >= 0.9),
             ("read 384 px (ms/image), raw / jpeg", f"{min(reads['raw']):.2f} / {min(reads['jpeg']):.2f}", "", True),
             ("bytes only: flat+offsets / vlen (ms/image)", f"{flat:.3f} / {variable:.3f}", "", True),

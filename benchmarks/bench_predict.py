@@ -32,15 +32,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 from PIL import Image
 
-from _common import REPO, report
+from _common import REPO, TreeMemory, report
 
 sys.path.insert(0, str(REPO))
 
@@ -120,39 +118,15 @@ def peak_rss(command: list[str]) -> tuple[float, float, float, float]:
     every 5 ms), and the main process's own peak RSS (MiB, the kernel's VmHWM)."""
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE)
-    root = psutil.Process(proc.pid)
-    peak, own = 0, 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak, own
-        while not done.is_set():
-            total = 0
-            try:
-                for p in [root] + root.children(recursive=True):
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                status = Path(f"/proc/{proc.pid}/status").read_text()
-                own = max(own, int(status.split("VmHWM:")[1].split()[0]) * 1024)
-            except (psutil.Error, OSError, IndexError):
-                pass
-            peak = max(peak, total)
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    proc.stdout.read(1)
-    first = time.perf_counter() - start
-    proc.stdout.read()
-    status = proc.wait()
-    wall = time.perf_counter() - start
-    done.set()
-    thread.join()
+    with TreeMemory(proc.pid) as memory:
+        proc.stdout.read(1)
+        first = time.perf_counter() - start
+        proc.stdout.read()
+        status = proc.wait()
+        wall = time.perf_counter() - start
     if status != 0:
         raise SystemExit(f"{' '.join(command[3:])} failed with exit status {status}")
-    return first, wall, peak / 2**20, own / 2**20
+    return first, wall, memory.peak / 2**20, memory.own / 2**20
 
 
 def sweep(model: Path, size: int, threads: int) -> None:

@@ -27,18 +27,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import machine  # noqa: E402
+from _common import TreeMemory, machine  # noqa: E402
 
 PER_FOLDER = 1000
 SIZE = 16
@@ -78,34 +76,12 @@ def run(command: list[str], env: dict) -> tuple[float, float]:
     """(wall seconds, peak summed RSS in MiB) of a command and its children."""
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
-    root = psutil.Process(proc.pid)
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            total = 0
-            try:
-                for p in [root] + root.children(recursive=True):
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-            except psutil.Error:
-                pass
-            peak = max(peak, total)
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    status = proc.wait()
-    wall = time.perf_counter() - start
-    done.set()
-    thread.join()
+    with TreeMemory(proc.pid, every=0.05) as memory:
+        status = proc.wait()
+        wall = time.perf_counter() - start
     if status != 0:
         raise SystemExit(f"{' '.join(command[:5])} ... failed with exit status {status}")
-    return wall, peak / 2**20
+    return wall, memory.peak / 2**20
 
 
 def killed_and_resumed(command: list[str], out: Path, n: int, env: dict) -> float:

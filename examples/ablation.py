@@ -18,9 +18,10 @@ and writes into --out:
     ablation.png  SRCC and accuracy per kind and loss: each seed a dot, the mean and +- 1 std a bar
 
 A run is flagged, and left out of the averages, when its training loss went NaN/inf (``diverged``)
-or its best validation SRCC never beat chance (``chance``: below 2/sqrt(n_val), two standard errors
-of the SRCC of a model that ranks at random). Without TRAIN the example data set is made
-(examples/make_examples.py), split into train and test like AVA's standard split, and cached.
+or the validation SRCC of the epoch best.pt holds (the model scored) does not beat chance (``chance``:
+below 2/sqrt(n_val), two standard errors of the SRCC of a model that ranks at random). Without TRAIN
+the example data set is made (examples/make_examples.py), split into train and test like AVA's
+standard split, and cached.
 """
 
 from __future__ import annotations
@@ -114,9 +115,13 @@ def run_cell(args: argparse.Namespace, train: Path, test: Path, kind: str, loss:
     if history is not None and len(history):
         row["lr"] = float(history["lr"][0])
         row["lr_end"] = float(history["lr"][-1])
-        row["val_srcc"] = float(np.nanmax(history["srcc"])) if np.isfinite(history["srcc"]).any() else math.nan
     flags = []
     text = log.read_text()
+    if history is not None and len(history):
+        # the epoch best.pt holds (the model predict scores), not the best of all epochs: a run whose
+        # SRCC touched 0.5 once and ended at 0.1 is scored at 0.1
+        kept = history["epoch"] == kept_epoch(text)
+        row["val_srcc"] = float(history["srcc"][kept][0]) if kept.any() else math.nan
     if trained.returncode != 0:
         flags.append("diverged" if "the loss became" in text else f"train failed ({trained.returncode})")
     elif history is not None and not np.isfinite(history["train_loss"]).all():
@@ -142,6 +147,15 @@ def run_cell(args: argparse.Namespace, train: Path, test: Path, kind: str, loss:
     row["wall_s"] = round(time.perf_counter() - started, 1)
     row["flags"] = " ".join(flags)
     return row
+
+
+def kept_epoch(train_log: str) -> int | None:
+    """The epoch best.pt holds, from train's summary line ('uiaa train: best.pt  epoch N  ...')."""
+    for line in train_log.splitlines():
+        if "best.pt  epoch " in line:
+            word = line.split("best.pt  epoch ", 1)[1].split()[0]
+            return int(word) if word.isdigit() else None
+    return None
 
 
 def val_images(train_log: str) -> int:

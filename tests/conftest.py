@@ -10,6 +10,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist (make test: one worker per core) a worker, and every command it starts, gets its
+# share of the cores for torch's threads, so workers do not fight over them (set before torch loads).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 TEST_DATA = REPO / "tests" / "data"  # real-data excerpts shipped with the tests (see its README)
 
 

@@ -56,6 +56,14 @@ def test_chance_is_two_standard_errors_of_a_random_ranking() -> None:
     assert ablation.val_images("nothing here") == 0
 
 
+def test_the_chance_flag_looks_at_the_epoch_best_pt_holds() -> None:
+    log = ("uiaa train: epoch 3/3  lr 1.00e-04  loss 2.0592  SRCC 0.1257\n"
+           "uiaa train: best.pt  epoch 2  val loss 1.8163  SRCC 0.3866  (highest validation SRCC, --select srcc)\n"
+           "uiaa train: last.pt  epoch 3  val loss 1.8163  SRCC 0.1257\n")
+    assert ablation.kept_epoch(log) == 2
+    assert ablation.kept_epoch("uiaa train: done") is None
+
+
 def test_grid_parsing() -> None:
     assert ablation.parse_grid("default", "default") == ablation.DEFAULT_CELLS
     assert ablation.parse_grid("rsd,soft", "all") == [(k, loss) for k in ("rsd", "soft")
@@ -64,10 +72,10 @@ def test_grid_parsing() -> None:
         ablation.parse_grid("gauss", "ce")
 
 
-@pytest.mark.slow  # ~1-2 min on 2 free cores (4 trainings); run with: pytest -m slow tests/test_ablation.py
+# about a minute on 2 free cores (4 trainings of 1 epoch)
 def test_quick_grid_runs_the_real_commands(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, REPO / "examples" / "ablation.py", "--quick", "--out", tmp_path / "q"],
-                          capture_output=True, text=True, timeout=3600)
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "$ uiaa train" in done.stdout and "$ uiaa predict" in done.stdout and "$ uiaa evaluate" in done.stdout
     results = read_table(tmp_path / "q" / "results.csv")

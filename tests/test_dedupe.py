@@ -96,6 +96,28 @@ def test_planted_copies_are_found_between_two_caches(sets: tuple[Path, Path], si
     assert f"160 images of {test} against 260 of {train}: {len(pairs)} near-duplicate pairs" in done.stderr.decode()
 
 
+def test_a_clean_split_is_dedupe_then_labels_exclude(sets: tuple[Path, Path], tmp_path: Path) -> None:
+    """The README's two commands: the pairs table, given to --exclude, leaves out exactly the planted
+    pairs' images; the split made of what is left has no near-duplicate across it."""
+    train, test = (cached(p, 64) for p in sets)
+    dupes = tmp_path / "dupes.csv"
+    assert run_uiaa("dedupe", test, train, "-o", dupes).returncode == 0
+    counts = sets[0].with_name("train-counts.csv")
+    clean = tmp_path / "clean.csv"
+    done = run_uiaa("labels", counts, "--exclude", dupes, "-o", clean)
+    assert done.returncode == 0, done.stderr
+    assert f"240 out, {PLANTED} left out ({PLANTED} in --exclude)" in done.stderr.decode()
+    kept = set(read_table(clean)["image"].tolist())
+    originals = {f"img/tr{k * 13:03d}.jpg" for k in range(PLANTED)}
+    assert len(kept) == 240 and not kept & originals
+    assert kept == {f"img/tr{k:03d}.jpg" for k in range(260)} - originals
+    clean_cache = tmp_path / "clean.h5"
+    assert run_uiaa("cache", clean, "--images", sets[0].parent, "--size", 64, "--workers", "1",
+                    "-o", clean_cache).returncode == 0
+    again = run_uiaa("dedupe", test, clean_cache)
+    assert again.returncode == 0 and len(read_table("-", data=again.stdout)) == 0, again.stderr
+
+
 def test_within_a_labels_table_decoded_without_torch(sets: tuple[Path, Path], tmp_path: Path,
                                                      no_torch: dict) -> None:
     """One labels table holding both sets: pairs within it, decoded in worker processes, no torch."""

@@ -161,8 +161,9 @@ def test_read_only_place_is_one_line_before_the_work(tmp_path: Path, ava: Path, 
         one_error(r, "evaluate", "s.png")
         assert r.stdout == b""
         one_error(run("cache", labels_csv, "-o", ro / "c.h5"), "cache", "c.h5")
-        # train refuses before it loads data or builds a model: the data need not even exist
-        one_error(run("train", tmp_path / "absent.csv", "--out", ro / "run"), "train", "run")
+        # train refuses before it loads data or builds a model (a missing input is refused even earlier)
+        one_error(run("train", labels_csv, "--out", ro / "run"), "train", "run")
+        one_error(run("train", tmp_path / "absent.csv", "--out", ro / "run"), "train", "absent.csv: no such file")
         assert listing(ro) == {}
 
 

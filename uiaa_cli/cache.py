@@ -47,7 +47,6 @@ import collections
 import contextlib
 import hashlib
 import itertools
-import multiprocessing as mp
 import os
 import signal
 import sys
@@ -64,8 +63,10 @@ import numpy as np
 
 from uiaa_cli import images
 from uiaa_cli.errors import UiaaError, at
+from uiaa_cli.formats import file_sha256
 from uiaa_cli.labels import check_label_values
 from uiaa_cli.tables import TABLE_GROUP, Table, is_hdf5, read_table, write_h5_group
+from uiaa_cli.workers import CAN_FORK, available_cores, start_pool
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet, what torchvision's pretrained weights expect
 STD = (0.229, 0.224, 0.225)
@@ -174,27 +175,10 @@ _SIZE = 0
 _RING: np.ndarray | None = None  # (slots, BATCH, S, S, 3) shared with the parent, where fork is available
 
 
-def _init_worker(root: str, size: int, parent: int, ring: Any) -> None:
+def _init_worker(root: str, size: int, ring: Any) -> None:
     global _ROOT, _SIZE, _RING
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _die_with_parent(parent)
     _ROOT, _SIZE = root, size
     _RING = None if ring is None else _ring_view(ring, size)
-    images.init_worker()
-
-
-def _die_with_parent(parent: int) -> None:
-    """Linux: end this worker when the build is killed, instead of leaving it waiting for work."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 Decoded = tuple[list[int], "np.ndarray | None", "np.ndarray | None", list[tuple[int, str]]]
@@ -291,14 +275,14 @@ def build_cache(
     root_real = os.path.realpath(root)
     names = labels["image"].astype(str)
     fingerprint = _fingerprint(names, size, root_real, store)
-    labels_digest = _file_digest(labels_path)  # the targets too: a finished cache is reused only if all match
+    labels_digest = file_sha256(labels_path)  # the targets too: a finished cache is reused only if all match
 
     part = partial_path(out)
     if part.exists() and not resume:
         raise UiaaError(f"an interrupted build is in {part}: add --resume to continue it, or delete it "
                         "to start again")
     report = CacheReport(total=len(names), stored=0, store=str(store))
-    report.workers = max(1, min(workers or _cpu_count(), -(-len(names) // BATCH)))
+    report.workers = max(1, min(workers or available_cores(), -(-len(names) // BATCH)))
     if resume and not part.exists() and out.is_file():
         finished = _finished_cache(out, fingerprint, labels_digest)
         if finished is not None:  # a finished build of the same labels, images and size: nothing to redo
@@ -344,14 +328,6 @@ def build_cache(
     return report
 
 
-def _file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _finished_cache(path: Path, fingerprint: str, labels_digest: str) -> tuple[int, list[tuple[str, str]]] | None:
     """(images stored, skipped) of a finished cache of the same names, root, size and labels file."""
     import h5py
@@ -382,13 +358,6 @@ def _interrupts_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _fingerprint(names: np.ndarray, size: int, root: str, store: Store) -> str:
     """What a partial build must share with this one to be resumed."""
     kept = f"{store}\0" if store.encoded else ""  # raw: as before stores existed, so old builds resume
@@ -399,21 +368,15 @@ def _fingerprint(names: np.ndarray, size: int, root: str, store: Store) -> str:
 
 def _start_pool(n_workers: int, root: str, size: int) -> tuple[ProcessPoolExecutor, Any, int]:
     """(pool, ring or None, slots): started workers, and the shared memory they decode into."""
-    images.preload()  # import the resizer once, here; the forked workers share it
     slots = n_workers + 2  # a batch being decoded per worker, one being written, one waiting
-    if "fork" in mp.get_all_start_methods():
-        # fork: workers start in milliseconds with the modules already loaded, and inherit an
-        # anonymous shared mapping (nothing to clean up, even after kill -9). They never touch h5py.
+    ring: Any = None
+    if CAN_FORK:
+        # Forked workers inherit an anonymous shared mapping (nothing to clean up, even after
+        # kill -9). They never touch h5py.
         import mmap
 
-        ring: Any = mmap.mmap(-1, slots * BATCH * size * size * 3)
-        context = mp.get_context("fork")
-    else:
-        ring, context = None, mp.get_context()
-    # A process pool that notices a dead worker (killed for memory, a crash in a decoder) and
-    # says so, where multiprocessing.Pool would wait for its result forever.
-    pool = ProcessPoolExecutor(n_workers, mp_context=context, initializer=_init_worker,
-                               initargs=(root, size, os.getpid(), ring))
+        ring = mmap.mmap(-1, slots * BATCH * size * size * 3)
+    pool = start_pool(n_workers, _init_worker, (root, size, ring))
     pool.submit(int).result()  # with fork, the first task starts every worker: now, before any file is open
     return pool, ring, slots
 

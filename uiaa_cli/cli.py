@@ -173,6 +173,12 @@ class TableFormat(str, Enum):
     h5 = "h5"
 
 
+TableOutput = Annotated[str, typer.Option("--output", "-o", help="Output file (.csv, .tsv, .parquet, .h5); - for "
+                                                              "stdout.")]
+TableTo = Annotated[Optional[TableFormat], typer.Option(help="Output format (default: by extension; csv on "
+                                                             "stdout).")]
+
+
 class EngineName(str, Enum):
     auto = "auto"
     onnx = "onnx"
@@ -230,10 +236,8 @@ def labels(
                                                                    "(default: detected).")] = None,
     scale: Annotated[Optional[str], typer.Option(help="The rating scale, e.g. 1..10 or 1,2,3,4,5 "
                                                       "(default: inferred).")] = None,
-    output: Annotated[str, typer.Option("--output", "-o", help="Output file (.csv, .tsv, .parquet, .h5); - "
-                                                             "for stdout.")] = "-",
-    to: Annotated[Optional[TableFormat], typer.Option(help="Output format (default: by extension; csv on "
-                                                           "stdout).")] = None,
+    output: TableOutput = "-",
+    to: TableTo = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -620,6 +624,9 @@ def train(
 ) -> None:
     """Fine-tune a ResNet/VGG on a labels table or a cache, with one loss for every kind of target."""
     with handled("train", quiet, debug):
+        from uiaa_cli.formats import require_inputs
+
+        require_inputs(data, val, resume, None if weights in ("imagenet", "none") else weights)
         from uiaa_cli.training import Interrupted, TrainSettings, parse_lr
         from uiaa_cli.training import train as run_training
 
@@ -758,10 +765,8 @@ def dedupe(
                                                        "low-frequency coefficients (cuts false pairs).")] = 0.9,
     workers: Annotated[Optional[int], typer.Option(help="Decoding processes and search threads (default: "
                                                         "all cores).")] = None,
-    output: Annotated[str, typer.Option("--output", "-o", help="Output file (.csv, .tsv, .h5); - for "
-                                                               "stdout.")] = "-",
-    to: Annotated[Optional[TableFormat], typer.Option(help="Output format (default: by extension; csv on "
-                                                           "stdout).")] = None,
+    output: TableOutput = "-",
+    to: TableTo = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:

@@ -10,30 +10,32 @@ decode the next ones. ``workers=0`` decodes in the calling process.
 The workers resize with Pillow whatever the engine (``images.resize_without_torch``): both engines
 see the same pixels, and the ONNX path never imports torch.
 
-Later: ``cache.py`` has the same pool set-up (fork, ignore SIGINT in workers, die with the parent);
-the two could share one helper once nobody else is editing ``cache.py``.
+The workers are :mod:`uiaa_cli.workers`'s, as ``cache``'s are.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
-import multiprocessing as mp
 import os
-import signal
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from uiaa_cli import images
 from uiaa_cli.errors import UiaaError
 from uiaa_cli.inputs import Input
+from uiaa_cli.workers import start_pool
+
+if TYPE_CHECKING:
+    from uiaa_cli.cache import CacheReader
 
 _SIZE = 0
-_CACHES: dict[str, object] = {}  # cache path -> CacheReader, opened once per process
+_CACHES: dict[str, CacheReader] = {}  # cache path -> CacheReader, opened once per process
 
 
 @dataclass
@@ -55,7 +57,7 @@ def decoded_batches(inputs: Iterator[Input], size: int, batch_size: int, workers
     images.resize_without_torch()
     batches = iter(lambda: list(itertools.islice(inputs, batch_size)), [])
     if workers <= 0:
-        _init(size, None)
+        _init(size)
         for batch in batches:
             yield _assemble(batch, *decode_batch([item.source for item in batch]))
         return
@@ -87,26 +89,18 @@ def _assemble(batch: list[Input], good: list[int], pixels: np.ndarray, errors: l
 
 
 def _start_pool(workers: int, size: int) -> ProcessPoolExecutor:
-    images.preload()  # with the torch resizer: imported once here, shared by the forked workers
-    context = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=(size, os.getpid()))
+    return start_pool(workers, _init_worker, (size,))
 
 
-def _init(size: int, parent: int | None) -> None:
+def _init(size: int) -> None:
     global _SIZE
     _SIZE = size
-    if parent is not None:  # a worker process
-        from uiaa_cli.cache import _die_with_parent
-
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-        _die_with_parent(parent)
-        images.init_worker()
-        _lower_priority()
 
 
-def _lower_priority() -> None:
-    """Decode in the model's gaps: decoding is a few percent of the work, and a decoder preempting
-    one of the model's threads stalls all of them (they meet at barriers)."""
+def _init_worker(size: int) -> None:
+    _init(size)
+    # Decode in the model's gaps: decoding is a few percent of the work, and a decoder preempting
+    # one of the model's threads stalls all of them (they meet at barriers).
     try:
         os.nice(10)
     except OSError:
@@ -118,9 +112,10 @@ def decode_batch(sources: list[tuple]) -> tuple[list[int], np.ndarray, list[tupl
     good: list[int] = []
     pixels: list[np.ndarray] = []
     errors: list[tuple[int, str]] = []
+    from_caches = _read_caches(sources)
     for position, source in enumerate(sources):
         try:
-            pixels.append(load(source, _SIZE))
+            pixels.append(from_caches[position] if position in from_caches else load(source, _SIZE))
             good.append(position)
         except (UiaaError, OSError, ValueError) as e:
             errors.append((position, getattr(e, "message", None) or str(e) or type(e).__name__))
@@ -128,6 +123,33 @@ def decode_batch(sources: list[tuple]) -> tuple[list[int], np.ndarray, list[tupl
             errors.append((position, f"unexpected {type(e).__name__}: {e}"))
     stack = np.stack(pixels) if pixels else np.empty((0, _SIZE, _SIZE, 3), dtype=np.uint8)
     return good, stack, errors
+
+
+def _read_caches(sources: list[tuple]) -> dict[int, np.ndarray]:
+    """position -> pixels of a batch's cache inputs, one ``CacheReader.read`` per cache (it reads
+    runs of neighbouring images at once). A cache with a corrupt image among them is left to
+    ``load``, one image at a time, so the error names the image."""
+    groups: dict[str, list[int]] = {}
+    for position, source in enumerate(sources):
+        if source[0] == "cache":
+            groups.setdefault(source[1], []).append(position)
+    found: dict[int, np.ndarray] = {}
+    for path, positions in groups.items():
+        try:
+            found.update(zip(positions, _cache(path).read(np.array([sources[p][2] for p in positions]))))
+        except (UiaaError, OSError):
+            continue
+    return found
+
+
+def _cache(path: str) -> CacheReader:
+    """The CacheReader of ``path``, opened once per process."""
+    reader = _CACHES.get(path)
+    if reader is None:
+        from uiaa_cli.cache import CacheReader
+
+        reader = _CACHES[path] = CacheReader(path)
+    return reader
 
 
 def load(source: tuple, size: int) -> np.ndarray:
@@ -146,12 +168,7 @@ def load(source: tuple, size: int) -> np.ndarray:
             raise images.ImageError("the shard ends inside this member (truncated)")
         return images.decode_image(data, size)
     if kind == "cache":
-        reader = _CACHES.get(source[1])
-        if reader is None:
-            from uiaa_cli.cache import CacheReader
-
-            reader = _CACHES[source[1]] = CacheReader(source[1])
-        return reader.read(np.array([source[2]]))[0]
+        return _cache(source[1]).read(np.array([source[2]]))[0]
     if kind == "error":
         raise UiaaError(source[1])
     raise ValueError(f"unknown input source {kind!r}")

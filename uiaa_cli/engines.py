@@ -40,6 +40,7 @@ from uiaa_cli import export
 from uiaa_cli.errors import UiaaError, at
 from uiaa_cli.export import CONFIG_KEY, SOURCE_KEY, ExportUnavailable, checkpoint_source, file_stat
 from uiaa_cli.metrics import predicted_score
+from uiaa_cli.workers import available_cores
 
 ENGINES = ("auto", "onnx", "torch")
 NO_MODEL = ("no model: give --model FILE, set UIAA_MODEL, or train one with "
@@ -141,13 +142,6 @@ def is_onnx(path: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------ choosing a device
-
-
-def available_cores() -> int:
-    """The cores this process may run on (a container's or taskset's limit, not the machine's)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def gpu_wanted(device: str) -> bool:

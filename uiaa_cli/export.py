@@ -80,14 +80,10 @@ def export_model(checkpoint: str | os.PathLike, target: str | os.PathLike, fmt: 
 def checkpoint_source(path: str | os.PathLike) -> dict[str, Any]:
     """What identifies a checkpoint's content: its SHA-256, and its file's stat (size, mtime, ctime,
     inode), which lets a reader skip re-hashing a file that has not been touched since."""
-    import hashlib
+    from uiaa_cli.formats import file_sha256
 
-    with open(path, "rb") as f:
-        before = os.fstat(f.fileno())
-        digest = hashlib.sha256()
-        for chunk in iter(lambda: f.read(1 << 20), b""):  # hashlib.file_digest is Python >= 3.11
-            digest.update(chunk)
-    return {"sha256": digest.hexdigest(), "stat": file_stat(before)}
+    before = os.stat(path)
+    return {"sha256": file_sha256(path), "stat": file_stat(before)}
 
 
 def file_stat(st: os.stat_result) -> list[int]:

@@ -6,6 +6,8 @@ the file, never a parse of binary garbage. UTF-8 text may start with a byte-orde
 
 from __future__ import annotations
 
+import os
+
 from uiaa_cli.errors import UiaaError, at
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -70,3 +72,27 @@ def check_text(data: bytes, path: str, first_line: int = 1) -> bytes:
         raise UiaaError(f"bytes that are not UTF-8 text ({data[e.start:e.start + 4]!r}...): save it as UTF-8",
                         where=at(path, line)) from None
     return data
+
+
+def require_inputs(*paths: str | None) -> None:
+    """A one-line "no such file" for the first of ``paths`` that does not exist (``None`` and ``-`` pass).
+
+    Commands that import torch call this first, so a typo costs milliseconds, not torch's start-up.
+    """
+    import os
+
+    for path in paths:
+        if path is not None and path != "-" and not os.path.exists(path):
+            raise UiaaError("no such file", where=at(path))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content, read in 1 MiB blocks (what a cache, a resumed predict and an
+    exported graph record of the file they were made from)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):  # hashlib.file_digest is Python >= 3.11
+            digest.update(block)
+    return digest.hexdigest()

@@ -30,6 +30,7 @@ import numpy as np
 
 from uiaa_cli.errors import UiaaError
 from uiaa_cli.evaluation import HEAD_COLUMNS, head_record
+from uiaa_cli.formats import file_sha256
 from uiaa_cli.inputs import Input, open_inputs, parse_shard, select_shard
 from uiaa_cli.tables import Table
 
@@ -370,14 +371,6 @@ def output_lock(path: str | None) -> Any:
     from uiaa_cli.outputs import output_lock as lock
 
     return lock(path)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def json_safe(value: Any) -> Any:
