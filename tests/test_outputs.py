@@ -263,7 +263,7 @@ def test_a_second_train_on_the_same_out_is_refused(tmp_path: Path, labels_csv: P
 
 
 @pytest.mark.parametrize("content, words", [
-    (gzip.compress(b"image,score\na,5\n"), "gzip-compressed"),
+    (gzip.compress(b"image,score\na,5\n", mtime=0), "gzip-compressed"),
     (bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)), "l.csv"),
     (b"image,score\n\xff\xfeab,5\n", "l.csv:2: bytes that are not UTF-8"),
     (b"image,sc\xe9re\na,5\n", "l.csv:1: bytes that are not UTF-8"),
