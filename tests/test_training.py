@@ -20,7 +20,7 @@ from PIL import Image
 
 from uiaa_cli.errors import UiaaError
 from uiaa_cli.losses import LOSSES, loss_function
-from uiaa_cli.models import CHECKPOINT_FORMAT, build_model, load_checkpoint, save_checkpoint
+from uiaa_cli.models import CHECKPOINT_FORMAT, build_model, load_checkpoint, save_checkpoint, start_linear_head_at
 from uiaa_cli.tables import read_table
 
 FAST = ["--arch", "resnet18", "--weights", "none", "--size", "32", "--device", "cpu", "--workers", "0",
@@ -104,6 +104,22 @@ def test_every_loss_and_target_shape_trains(name: str, outputs: int) -> None:
         losses.append(loss.item())
     assert all(np.isfinite(losses))
     assert min(losses[-2:]) - floor < 0.75 * (losses[0] - floor), (floor, losses)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_large"])
+def test_a_linear_head_starts_at_the_mean_target(arch: str) -> None:
+    torch.manual_seed(0)
+    mean = np.array([0.02, 0.05, 0.1, 0.2, 0.26, 0.2, 0.1, 0.05, 0.01, 0.01])
+    model = build_model(arch, 10, "none").eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        start_linear_head_at(model, arch, mean)
+        after = model(x)
+    assert (before - torch.from_numpy(mean).float()).abs().max() > 0.1  # a random head is far off
+    assert torch.allclose(after, torch.from_numpy(mean).float().expand(4, 10), atol=0.02)
+    if arch == "resnet18":  # (mobilenet's own init makes its head's weights too small to show it)
+        assert not torch.equal(after[0], after[1])  # and still depends on the picture
 
 
 # ----------------------------------------------------------------------------- the real command

@@ -16,6 +16,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -50,6 +51,25 @@ def replace_head(model: nn.Module, arch: str, outputs: int) -> nn.Module:
     else:
         raise UiaaError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     return model
+
+
+def head_layer(model: nn.Module, arch: str) -> nn.Linear:
+    """The backbone's last layer (the one ``replace_head`` puts in)."""
+    return model.fc if arch.startswith("resnet") else model.classifier[-1]
+
+
+def start_linear_head_at(model: nn.Module, arch: str, mean: np.ndarray) -> None:
+    """Make a fresh linear head output about ``mean`` (the training targets' mean) from the first step:
+    its bias is ``mean`` and its weights 100x smaller than their random start.
+
+    A linear head regressing probabilities otherwise begins with outputs of about +-1 against
+    targets of about 0.1, and from scratch (``--weights none``) spent the example data's first
+    epochs learning their scale rather than the ranking (Karpathy's "init well" rule).
+    """
+    head = head_layer(model, arch)
+    with torch.no_grad():
+        head.weight.mul_(0.01)
+        head.bias.copy_(torch.as_tensor(mean, dtype=head.bias.dtype))
 
 
 def head_parameters(model: nn.Module, arch: str) -> list[str]:

@@ -64,6 +64,7 @@ from uiaa_cli.models import (
     load_state,
     make_config,
     save_checkpoint,
+    start_linear_head_at,
 )
 from uiaa_cli.outputs import check_output_folder, output_lock
 from uiaa_cli.tables import Table
@@ -124,7 +125,8 @@ def default_lr(kind: str, loss: str, arch: str, weights: str = "imagenet") -> tu
     (``--weights none``) those make the linear heads of mse and huber diverge (huber at 10^-1.5: a
     validation loss of 7e5 after one epoch on the example data), while ce and emd want more than
     1e-3 to learn in a few epochs; measured on the example data (README, "Learning rates"):
-    ce/emd 1e-2, mse and huber 1e-3. VGG: 10x lower in every case.
+    ce/emd 1e-2, mse and huber 1e-3 (which learn at that rate because their new head starts at the
+    targets' mean: ``models.start_linear_head_at``). VGG: 10x lower in every case.
     """
     if weights == "none":
         start = 1e-3 if loss in ("mse", "huber") else 1e-2
@@ -550,6 +552,8 @@ class Trainer:
         torch.manual_seed(s.seed)
         outputs = self.labels.targets.shape[1]
         model = build_model(s.arch, outputs, "none" if saved else s.weights)
+        if not saved and activation_for(s.loss) == "linear":
+            start_linear_head_at(model, s.arch, self.labels.targets[self.train_rows].mean(axis=0))
         if saved:
             try:
                 model.load_state_dict(saved["model"])
