@@ -94,7 +94,7 @@ def main() -> None:
         t = time.perf_counter()
         per_row_reference(src, tmp / "reference.csv")
         reference = time.perf_counter() - t
-        ours = np.loadtxt(tmp / "labels.csv", delimiter=",", skiprows=2, usecols=range(1, 24), max_rows=1000)
+        ours = np.loadtxt(tmp / "labels.csv", delimiter=",", skiprows=1, usecols=range(1, 24), max_rows=1000)
         theirs = np.loadtxt(tmp / "reference.csv", delimiter=",", skiprows=1, usecols=range(1, 24), max_rows=1000)
         assert np.allclose(ours, theirs, atol=1e-12), "uiaa and the reference disagree"
         rows_out = [

@@ -272,3 +272,37 @@ def test_real_ava_images_with_exact_mean_5_are_low(test_data):
     kept_ids = dict(zip(kept["image"].tolist(), kept["p_high"].tolist()))
     assert len(sixes) == 34 and not (set(kept_ids) & sixes)  # 6 > 5 + 1 is false: inside the margin
     assert len(fours) == 3 and all(kept_ids[i] == 0.0 for i in fours)  # 4 <= 5 - 1: low
+
+
+# ------------------------------------------------------------------ duplicate ids across chunks
+
+ID = st.one_of(st.integers(0, 300).map(str),                    # plain numbers: the bitmap
+               st.integers(0, 300).map(lambda i: f"{i:04d}"),   # leading zeros: hashed, not 42
+               st.integers(0, 300).map(lambda i: f"{i}.jpg"),   # names: hashed
+               st.sampled_from(["٣", "3", "x", "", "99999999999", str(1 << 26)]))  # non-ASCII, huge
+
+
+@settings(max_examples=300, deadline=None)
+@given(ids=st.lists(ID, max_size=40), cuts=st.lists(st.integers(0, 40), max_size=4))
+def test_the_first_repeated_id_is_found_whatever_the_chunks(ids: list[str], cuts: list[int]) -> None:
+    from uiaa_cli.ratings import SeenImages
+
+    seen_before: set[str] = set()
+    expected = None  # (chunk, index within it) of the first id met twice, by a plain Python set
+    bounds = [0, *sorted(min(c, len(ids)) for c in cuts), len(ids)]
+    chunks = [ids[a:b] for a, b in zip(bounds, bounds[1:])]
+    for c, chunk in enumerate(chunks):
+        for i, name in enumerate(chunk):
+            if name in seen_before:
+                expected = (c, i)
+                break
+            seen_before.add(name)
+        if expected:
+            break
+    seen, found = SeenImages(), None
+    for c, chunk in enumerate(chunks):
+        again = seen.add(np.array(chunk, dtype=str))
+        if again is not None:
+            found = (c, again)
+            break
+    assert found == expected

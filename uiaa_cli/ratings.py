@@ -16,7 +16,7 @@ import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
 from uiaa_cli.formats import check_text, sniff
-from uiaa_cli.tables import Table, read_table, utf8
+from uiaa_cli.tables import Table, read_table
 
 SOURCE_FORMATS = ("ava", "counts", "koniq", "long")
 CHUNK_BYTES = 1 << 20  # ~21,000 AVA lines a chunk
@@ -350,43 +350,102 @@ def infer_scale(scores: np.ndarray, path: str) -> np.ndarray:
 
 
 class SeenImages:
-    """Image ids met so far, as 64-bit hashes (8 bytes an image), to find duplicates across chunks.
+    """Image ids met so far, to find duplicates across chunks.
 
-    The hashes are kept in sorted runs whose sizes at least double from one to the next (merged like
-    a binary counter), so each chunk costs a few binary searches, not a sort of everything so far.
+    An id that is a plain number below 2^26 (AVA's and DPChallenge's, up to about 1e6) is a bit in a
+    bitmap, so memory stays flat however many rows there are (128 KB for AVA). Any other id is a
+    64-bit hash (8 bytes an image), kept in sorted runs whose sizes at least double from one to the
+    next (merged like a binary counter), so each chunk costs a few binary searches, not a sort of
+    everything so far. The two never meet: ``42`` is a number, ``042`` and ``42.jpg`` are hashed.
     """
+
+    BITMAP_IDS = 1 << 26  # an 8 MB bitmap at most
 
     def __init__(self) -> None:
         self.runs: list[np.ndarray] = []
+        self.bits = np.zeros(0, dtype=np.uint8)
 
     def add(self, images: np.ndarray) -> int | None:
         """Remember ``images``; the index of the first one already met (or repeated within), if any."""
-        h = hash_ids(images)
-        order = np.argsort(h, kind="stable")
-        repeated = np.zeros(len(h), dtype=bool)
-        repeated[order[1:][h[order][1:] == h[order][:-1]]] = True
-        for run in self.runs:
-            at = np.minimum(np.searchsorted(run, h), len(run) - 1)
-            repeated |= run[at] == h
+        codes, length = id_codes(images)
+        number = plain_numbers(codes, length, self.BITMAP_IDS)
+        numbered = np.flatnonzero(number >= 0)
+        hashed = np.flatnonzero(number < 0)
+        values, h = number[numbered], hash_ids(codes[hashed], length[hashed])
+        repeated = np.zeros(len(images), dtype=bool)
+        repeated[numbered] = self._numbers_met(values)
+        repeated[hashed] = self._hashes_met(h)
         if repeated.any():
             return int(np.argmax(repeated))
-        run = h[order]
+        if len(values):
+            need = int(values.max()) // 8 + 1
+            if need > len(self.bits):
+                self.bits = np.concatenate((self.bits, np.zeros(max(need, 2 * len(self.bits)) - len(self.bits),
+                                                                dtype=np.uint8)))
+            np.bitwise_or.at(self.bits, values >> 3, (1 << (values & 7)).astype(np.uint8))
+        run = np.sort(h)
         while self.runs and len(self.runs[-1]) <= 2 * len(run):
             run = np.sort(np.concatenate((self.runs.pop(), run)), kind="stable")
-        self.runs.append(run)
+        if len(run):
+            self.runs.append(run)
         return None
 
+    def _numbers_met(self, values: np.ndarray) -> np.ndarray:
+        """Which of ``values`` are in the bitmap, or repeat an earlier one of ``values``."""
+        met = repeats_within(values)
+        known = values >> 3 < len(self.bits)
+        met[known] |= ((self.bits[values[known] >> 3] >> (values[known] & 7)) & 1).astype(bool)
+        return met
 
-def hash_ids(images: np.ndarray) -> np.ndarray:
-    """FNV-1a over the UTF-8 bytes of each id, vectorised over ids (a loop over byte positions)."""
-    encoded = utf8(images)
-    width = encoded.dtype.itemsize
-    data = np.frombuffer(encoded.tobytes(), dtype=np.uint8).reshape(len(images), width) if width else None
-    h = np.full(len(images), 0xCBF29CE484222325, dtype=np.uint64)
+    def _hashes_met(self, h: np.ndarray) -> np.ndarray:
+        met = repeats_within(h)
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, h), len(run) - 1)
+            met |= run[at] == h
+        return met
+
+
+def repeats_within(values: np.ndarray) -> np.ndarray:
+    """True at every value equal to an earlier one of ``values`` (the first of each stays False)."""
+    order = np.argsort(values, kind="stable")
+    repeated = np.zeros(len(values), dtype=bool)
+    repeated[order[1:][values[order][1:] == values[order][:-1]]] = True
+    return repeated
+
+
+def plain_numbers(codes: np.ndarray, length: np.ndarray, limit: int) -> np.ndarray:
+    """Each id's value if it is a plain number below ``limit`` (ASCII digits, no leading zero), else
+    -1; the ids as :func:`id_codes` gives them."""
+    digits = len(str(limit))
+    value = np.zeros(len(length), dtype=np.int64)
+    plain = (length >= 1) & (length <= digits)
+    if codes.shape[1]:
+        plain &= (length == 1) | (codes[:, 0] != ord("0"))
+    for j in range(min(codes.shape[1], digits)):
+        inside = j < length
+        digit = codes[:, j].astype(np.int64) - ord("0")
+        plain &= ~inside | ((digit >= 0) & (digit <= 9))
+        value = np.where(inside, value * 10 + digit, value)
+    return np.where(plain & (value < limit), value, -1)
+
+
+def hash_ids(codes: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """FNV-1a over each id's code points (the ids as :func:`id_codes` gives them), vectorised over ids:
+    a loop over positions, each id's own characters only, so an id hashes the same in arrays of any
+    width."""
+    h = np.full(len(length), 0xCBF29CE484222325, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for j in range(width):
-            h = (h ^ data[:, j].astype(np.uint64)) * np.uint64(0x100000001B3)
+        for j in range(codes.shape[1]):
+            h = np.where(j < length, (h ^ codes[:, j].astype(np.uint64)) * np.uint64(0x100000001B3), h)
     return h
+
+
+def id_codes(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ids as an ``(n, width)`` matrix of their code points (a view of numpy's UTF-32 strings,
+    zero-padded to the widest) and each one's length."""
+    text = np.ascontiguousarray(np.asarray(images, dtype=str))
+    width = text.dtype.itemsize // 4
+    return text.view(np.uint32).reshape(len(text), width), np.char.str_len(text)
 
 
 def check_ratings(r: Ratings, path: str, allow_zero_votes: bool, seen: SeenImages) -> None:
