@@ -112,12 +112,11 @@ def run_cell(args: argparse.Namespace, train: Path, test: Path, kind: str, loss:
         train_args = ["train", "--resume", folder, "--device", args.device, "--no-progress"]
     trained = uiaa(*train_args, log=log)
     history = read_table(folder / "metrics.csv") if (folder / "metrics.csv").exists() else None
-    if history is not None and len(history):
-        row["lr"] = float(history["lr"][0])
-        row["lr_end"] = float(history["lr"][-1])
     flags = []
     text = log.read_text()
     if history is not None and len(history):
+        row["lr"] = float(history["lr"][0])
+        row["lr_end"] = float(history["lr"][-1])
         # the epoch best.pt holds (the model predict scores), not the best of all epochs: a run whose
         # SRCC touched 0.5 once and ended at 0.1 is scored at 0.1
         kept = history["epoch"] == kept_epoch(text)

@@ -5,7 +5,8 @@ and hands each to a pool of forked worker processes, keeping at most ``ahead`` b
 (memory stays flat however many inputs there are), and yields them back in input order as
 :class:`Decoded`: the batch's inputs, the uint8 pixels ``(k, S, S, 3)`` of those that decoded, and
 a reason for each one that did not. While the caller runs the model on one batch, the workers
-decode the next ones. ``workers=0`` decodes in the calling process.
+decode the next ones. ``workers=0``, or inputs that make a single batch, decode in the calling
+process.
 
 The workers resize with Pillow whatever the engine (``images.resize_without_torch``): both engines
 see the same pixels, and the ONNX path never imports torch.
@@ -56,7 +57,10 @@ def decoded_batches(inputs: Iterator[Input], size: int, batch_size: int, workers
     # differs by up to a grey level), and the ONNX path never imports torch.
     images.resize_without_torch()
     batches = iter(lambda: list(itertools.islice(inputs, batch_size)), [])
-    if workers <= 0:
+    # One batch in all (a photo or a few): decoded here, as starting workers costs more than it saves.
+    first_two = list(itertools.islice(batches, 2))
+    batches = itertools.chain(first_two, batches)
+    if workers <= 0 or len(first_two) < 2:
         _init(size)
         for batch in batches:
             yield _assemble(batch, *decode_batch([item.source for item in batch]))

@@ -82,8 +82,9 @@ def checkpoint_source(path: str | os.PathLike) -> dict[str, Any]:
     inode), which lets a reader skip re-hashing a file that has not been touched since."""
     from uiaa_cli.formats import file_sha256
 
-    before = os.stat(path)
-    return {"sha256": file_sha256(path), "stat": file_stat(before)}
+    with open(path, "rb") as f:
+        before = os.fstat(f.fileno())  # the stat of the very file hashed, even if renamed over meanwhile
+        return {"sha256": file_sha256(f), "stat": file_stat(before)}
 
 
 def file_stat(st: os.stat_result) -> list[int]:

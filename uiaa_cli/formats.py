@@ -7,6 +7,7 @@ the file, never a parse of binary garbage. UTF-8 text may start with a byte-orde
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 from uiaa_cli.errors import UiaaError, at
 
@@ -79,20 +80,21 @@ def require_inputs(*paths: str | None) -> None:
 
     Commands that import torch call this first, so a typo costs milliseconds, not torch's start-up.
     """
-    import os
-
     for path in paths:
         if path is not None and path != "-" and not os.path.exists(path):
             raise UiaaError("no such file", where=at(path))
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's content, read in 1 MiB blocks (what a cache, a resumed predict and an
-    exported graph record of the file they were made from)."""
+def file_sha256(source: str | os.PathLike | BinaryIO) -> str:
+    """The SHA-256 of a file's content (a path, or a file open for binary reading, read from where it
+    is), in 1 MiB blocks: what a cache, a resumed predict and an exported graph record of the file
+    they were made from."""
     import hashlib
 
+    if not hasattr(source, "read"):
+        with open(source, "rb") as f:
+            return file_sha256(f)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):  # hashlib.file_digest is Python >= 3.11
-            digest.update(block)
+    for block in iter(lambda: source.read(1 << 20), b""):  # hashlib.file_digest is Python >= 3.11
+        digest.update(block)
     return digest.hexdigest()

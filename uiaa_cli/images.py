@@ -19,7 +19,7 @@ Decoder, by measurement (benchmarks/bench_cache.py): Pillow decodes, with ``draf
 (libjpeg scales by 1/2, 1/4 or 1/8 inside the DCT, never below ``size``: 2.5 ms instead of 4.1 ms
 at 224 px from 800x600, mean difference 1 grey level, max 11 on sharp edges). Pillow resizes. torch's
 uint8 kernel resizes 2-3x faster (within one grey level) and is used when the process has already
-imported torch (``train``, ``predict`` with the torch engine), but it is never imported for it:
+imported torch (``train``; ``predict`` resizes with Pillow for either engine), but it is never imported for it:
 importing torch costs 1-4 s and ~600 MB per process, more than the resize saves on all but very long
 runs, and ``cache`` must start light and run where torch is absent (SPEC §2). torchvision's
 decode_jpeg is not used either: its libjpeg prints warnings such as "Corrupt JPEG data: N extraneous
@@ -154,18 +154,22 @@ def _resize(im: Image.Image, size: int) -> np.ndarray:
         return np.ascontiguousarray(resized[0].permute(1, 2, 0).numpy())
 
 
+_PILLOW_ONLY = False  # set by resize_without_torch
+
+
 def _torch() -> Any:
-    """torch if this process has already imported it (never imported here); None with UIAA_RESIZE=pillow."""
-    if os.environ.get("UIAA_RESIZE", "").lower() == "pillow":
+    """torch if this process has already imported it (never imported here), unless it resizes with
+    Pillow only (``resize_without_torch``, or UIAA_RESIZE=pillow)."""
+    if _PILLOW_ONLY or os.environ.get("UIAA_RESIZE", "").lower() == "pillow":
         return None
     return sys.modules.get("torch")
 
 
 def resize_without_torch() -> None:
-    """Resize with Pillow from now on in this process and the workers it forks: ``predict``'s ONNX
-    path never imports torch (start-up), and pays ~0.3 ms more per image for it."""
-    global _TORCH
-    _TORCH = False
+    """Resize with Pillow from now on in this process and the workers it forks: ``predict`` gives
+    the same pixels to either engine, and its ONNX path never imports torch (start-up)."""
+    global _PILLOW_ONLY
+    _PILLOW_ONLY = True
 
 
 def init_worker() -> None:

@@ -74,8 +74,8 @@ def start_linear_head_at(model: nn.Module, arch: str, mean: np.ndarray) -> None:
 
 def head_parameters(model: nn.Module, arch: str) -> list[str]:
     """Names of the new layer's parameters (not loaded from ImageNet weights)."""
-    prefix = "fc." if arch.startswith("resnet") else f"classifier.{len(model.classifier) - 1}."
-    return [n for n, _ in model.named_parameters() if n.startswith(prefix)]
+    head = {id(p) for p in head_layer(model, arch).parameters()}
+    return [n for n, p in model.named_parameters() if id(p) in head]
 
 
 def build_model(arch: str, outputs: int, weights: str = "imagenet") -> nn.Module:
