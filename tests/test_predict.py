@@ -97,6 +97,29 @@ def test_head_ends_quietly(setup, tmp_path):
     assert result.stderr == ""
 
 
+def test_arrow_is_not_loaded_before_the_parts_are_joined(setup, tmp_path):
+    """Parts are committed while the decoding workers run; loading arrow's library then added ~50 MiB
+    to predict's process for the rest of the run (the peak of a long run was 1.16x a short one's).
+    Parts are numpy archives, so arrow loads for the join only (the probe wraps ``parts.join``)."""
+    probe = ("import sys\n"
+             "from uiaa_cli import parts\n"
+             "join = parts.join\n"
+             "def probed(*args, **kwargs):\n"
+             "    print('arrow before the join:', 'pyarrow' in sys.modules, file=sys.stderr)\n"
+             "    return join(*args, **kwargs)\n"
+             "parts.join = probed\n"
+             "from uiaa_cli.cli import main\n"
+             "sys.argv[0] = 'uiaa'\n"
+             "main()\n")
+    out = tmp_path / "scores.parquet"
+    result = subprocess.run([sys.executable, "-c", probe, "predict", str(setup["photos"]), "-m", str(setup["m10"]),
+                             "--batch-size", "4", "--workers", "2", "-o", str(out)],
+                            capture_output=True, text=True, env={**os.environ, "UIAA_COMMIT_SECONDS": "0"})
+    assert result.returncode == 1, result.stderr  # photos/broken.jpg
+    assert "arrow before the join: False" in result.stderr.splitlines()
+    assert len(read_table(out)) == len(setup["ids"])
+
+
 def test_outputs_are_read_by_evaluate_and_a_cache_gives_the_same_scores(setup, uiaa, tmp_path):
     """A labels table's images -o csv/h5 (image, score, std, p_*, in input order) join in `uiaa evaluate`;
     its cache (made at the model's size) gives the same scores from the stored pixels."""

@@ -178,6 +178,28 @@ def test_named_pipes_are_skipped_and_names_escaped(made, uiaa, tmp_path):
     assert len({score for _, score in rows}) == 1
 
 
+def test_a_name_that_is_not_utf8_is_escaped_in_tables_and_kept_raw_in_lines(made, uiaa, tmp_path):
+    """A Latin-1 file name (bytes that are not UTF-8) is scored: lines on stdout carry its raw bytes,
+    as ``find`` prints them; a table, which holds UTF-8 text, has ``\\xe9`` for the byte 0xe9, and
+    stderr says so in one line. It used to end the run with a traceback at the join."""
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    jpeg = (made["photos"] / "img01.jpg").read_bytes()
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.jpg"), "wb") as f:
+        f.write(jpeg)
+    (folder / "plain.jpg").write_bytes(jpeg)
+    lines = uiaa("predict", folder, "-m", made["model"], "--workers", "0")
+    assert lines.returncode == 0, lines.stderr
+    assert sorted(line.split(b"\t")[0] for line in lines.stdout.splitlines()) == \
+        [os.fsencode(folder) + b"/caf\xe9.jpg", os.fsencode(folder) + b"/plain.jpg"]
+    for name in ("out.csv", "out.parquet", "out.h5"):
+        result = uiaa("predict", folder, "-m", made["model"], "--workers", "0", "-o", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        assert len(problems(result.stderr)) == 1 and "not UTF-8" in problems(result.stderr)[0]
+        table = read_table(tmp_path / name)
+        assert sorted(table["image"].tolist()) == [f"{folder}/caf\\xe9.jpg", f"{folder}/plain.jpg"]
+
+
 def test_join_merges_the_parts_of_several_ranks_in_input_order(tmp_path):
     """Rank r holds inputs r, r + 3, ... (some failed, so absent), committed in parts of random sizes;
     the join writes every row once, in input order, holding a part per rank at a time."""

@@ -186,6 +186,28 @@ def predictions(good: list[Input], score: np.ndarray, std: np.ndarray, probs: np
     return Table(values)
 
 
+def utf8_names(rows: Table) -> Table:
+    """``rows`` with names fit for a table: a file name that is not UTF-8 (its undecodable bytes are
+    surrogates in Python) gets ``\\xNN`` escapes, with a line on stderr, since CSV, Parquet and HDF5
+    hold UTF-8 text (``path<TAB>score`` lines keep the raw bytes, as ``find`` does)."""
+    for column in ("image", "shard"):
+        if column not in rows:
+            continue
+        values = rows[column].tolist()
+        try:
+            "".join(values).encode("utf-8")
+            continue
+        except UnicodeEncodeError:
+            pass
+        fixed = [os.fsencode(v).decode("utf-8", "backslashreplace") for v in values]
+        for before, after in zip(values, fixed):
+            if before != after:
+                print(f"uiaa predict: {escape(after)}: the name is not UTF-8; the table holds it with \\xNN escapes",
+                      file=sys.stderr, flush=True)
+        rows = Table({**rows.columns, column: np.array(fixed, dtype=str)}, dict(rows.attrs))
+    return rows
+
+
 def empty_rows(columns: list[str]) -> Table:
     return Table({"_index": np.zeros(0, dtype=np.int64),
                   **{c: np.zeros(0, dtype=str) if c in ("image", "shard", *HEAD_COLUMNS) else np.zeros(0)
@@ -250,7 +272,7 @@ class TableSink(Sink):
     def write(self, rows: Table) -> None:
         from uiaa_cli.parts import without_index
 
-        self.writer.write(without_index(rows, self.attrs))
+        self.writer.write(without_index(utf8_names(rows), self.attrs))
         self.started = True
 
     def close(self, done: int, names: str, failed: int) -> None:
@@ -297,7 +319,7 @@ class PartsSink(Sink):
                             where=str(self.partial.folder))
 
     def write(self, rows: Table) -> None:
-        self.partial.append(rows)
+        self.partial.append(utf8_names(rows))
         self.pending_rows += len(rows)
 
     def batch_done(self, done: int, names: str, failed: int) -> None:
