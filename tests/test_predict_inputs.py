@@ -200,6 +200,36 @@ def test_a_name_that_is_not_utf8_is_escaped_in_tables_and_kept_raw_in_lines(made
         assert sorted(table["image"].tolist()) == [f"{folder}/caf\\xe9.jpg", f"{folder}/plain.jpg"]
 
 
+def test_parts_round_trip_and_an_earlier_versions_parts_are_refused(tmp_path):
+    """A part keeps every column exactly (odd names, NaN, int64 positions) and is a plain numpy
+    archive (no pickles); a folder of Parquet parts from an earlier uiaa is one error, not a crash."""
+    import json
+
+    from uiaa_cli import parts
+    from uiaa_cli.errors import UiaaError
+    from uiaa_cli.tables import Table
+
+    rows = Table({"_index": np.array([3, 2**40], dtype=np.int64), "image": np.array(["a\tb\nc", "é/ü\\x.jpg"]),
+                  "score": np.array([np.nan, 1e-300]), "kind": np.array(["gauss-mv", "gauss-mv"])})
+    partial = parts.PartialTable.start(tmp_path / "out.csv.partial", {"model": "m"}, resume=False)
+    partial.append(rows)
+    partial.commit(2, "h", 0)
+    (back,) = list(partial.tables())
+    assert back.names == rows.names
+    for name in rows.names:
+        np.testing.assert_array_equal(back[name], rows[name])
+    with np.load(tmp_path / "out.csv.partial" / "part-000000.npz", allow_pickle=False) as archive:
+        assert archive["names"].tolist() == rows.names
+
+    old = tmp_path / "old.csv.partial"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({"format": "uiaa-predict-partial-1", "identity": {"model": "m"},
+                                                   "parts": [{"file": "part-000000.parquet", "rows": 2}],
+                                                   "done": 2, "names": "h", "failed": 0, "complete": False}))
+    with pytest.raises(UiaaError, match="earlier uiaa"):
+        parts.PartialTable.start(old, {"model": "m"}, resume=True)
+
+
 def test_join_merges_the_parts_of_several_ranks_in_input_order(tmp_path):
     """Rank r holds inputs r, r + 3, ... (some failed, so absent), committed in parts of random sizes;
     the join writes every row once, in input order, holding a part per rank at a time."""
