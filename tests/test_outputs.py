@@ -110,13 +110,25 @@ def test_symlink_target_is_written_and_the_link_kept(tmp_path: Path, ava: Path) 
     assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["target.csv"]
 
 
-@pytest.mark.parametrize("args", [["labels", "{ava}", "-o", "/dev/null"],
-                                  ["labels", "{ava}", "-o", "/dev/null", "--to", "h5"],
-                                  ["convert", "{ava_labels}", "/dev/null"]])
-def test_dev_null_stays_a_device(tmp_path: Path, ava: Path, labels_csv: Path, args: list[str]) -> None:
-    r = run(*[a.format(ava=ava, ava_labels=labels_csv) for a in args], "-q")
+def device_node(path: Path, minor: int) -> Path:
+    """A character device in a temporary folder: the tests never aim at /dev itself (1, 3 is the null
+    device; 1, 7 the full one, where every write fails with ENOSPC)."""
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+    except PermissionError:
+        pytest.skip("cannot make a device node here (not root?)")
+    return path
+
+
+@pytest.mark.parametrize("args", [["labels", "{ava}", "-o", "{null}"],
+                                  ["labels", "{ava}", "-o", "{null}", "--to", "h5"],
+                                  ["convert", "{ava_labels}", "{null}"]])
+def test_a_null_device_stays_a_device(tmp_path: Path, ava: Path, labels_csv: Path, args: list[str]) -> None:
+    null = device_node(tmp_path / "null", 3)
+    r = run(*[a.format(ava=ava, ava_labels=labels_csv, null=null) for a in args], "-q")
     assert r.returncode == 0, r.stderr
-    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert stat.S_ISCHR(os.stat(null).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["AVA.txt", "labels.csv", "null"]  # no temporary left
 
 
 # ------------------------------------------------------------------ refused before the work
@@ -210,8 +222,8 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, name: str) -> 
         assert listing(tiny) == {}
 
 
-def test_stdout_on_a_full_disk(ava: Path, labels_csv: Path) -> None:
-    with open("/dev/full", "wb") as full:
+def test_stdout_on_a_full_disk(tmp_path: Path, ava: Path, labels_csv: Path) -> None:
+    with open(device_node(tmp_path / "full", 7), "wb") as full:
         one_error(run("labels", ava, stdout=full), "labels", "<stdout>")
         preds = labels_csv.parent / "p.csv"
         preds.write_text("image,score\n950001,5.5\n950002,6\n950003,4\n")
@@ -356,7 +368,7 @@ def test_a_cache_is_never_renamed_onto_a_device_or_pipe(tmp_path: Path) -> None:
     Image.new("RGB", (16, 16)).save(tmp_path / "img" / "a.png")
     (tmp_path / "img" / "l.csv").write_text("image,mean,p_low,p_high\na.png,5,0.5,0.5\n")
     os.mkfifo(tmp_path / "pipe.h5")
-    os.mknod(tmp_path / "null.h5", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a second /dev/null, in tmp
+    device_node(tmp_path / "null.h5", 3)
     for name in ("pipe.h5", "null.h5"):
         one_error(run("cache", tmp_path / "img" / "l.csv", "-o", tmp_path / name, "--size", "16"), "cache",
                   "must be a regular file")

@@ -159,6 +159,38 @@ def test_resume_after_kill_9_gives_the_uninterrupted_table(made, uiaa, tmp_path)
     assert not manifest.parent.exists()
 
 
+def test_a_full_disk_mid_run_is_one_line_and_resume_finishes_once_there_is_room(made, uiaa, tmp_path):
+    """A tiny tmpfs fills up after a few committed parts: one line naming the file that could not be
+    written (a part or the manifest), exit 2, no temporary file left, the committed parts kept; once
+    the mount is made larger, --resume ends with the uninterrupted run's table."""
+    from test_outputs import mounted_tmpfs
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(48):
+        Image.fromarray(np.full((8, 8, 3), i * 5, dtype=np.uint8)).save(many / f"{i:04d}.png")
+    common = ["predict", many, "--batch-size", "4", "--workers", "0", "-m", made["model"]]
+    whole = uiaa(*common, "-o", tmp_path / "whole.csv")
+    assert whole.returncode == 0, whole.stderr
+    env = {"UIAA_COMMIT_SECONDS": "0"}  # a part per batch
+    with mounted_tmpfs(tmp_path / "tiny", "size=16k") as tiny:
+        full = uiaa(*common, "-o", tiny / "out.csv", env=env)
+        assert full.returncode == 2
+        (line,) = problems(full.stderr)
+        assert line.startswith(f"uiaa predict: error: {tiny}/out.csv.partial/") and "No space left" in line
+        assert line.split(".partial/")[1].split(":")[0] in {"manifest.json"} | {f"part-{i:06d}.npz" for i in range(12)}
+        assert "--resume" in line
+        kept = sorted(p.name for p in (tiny / "out.csv.partial").iterdir())
+        assert kept[0] == "manifest.json" and all(n.startswith("part-") and n.endswith(".npz") for n in kept[1:])
+        assert len(kept) > 1  # some parts were committed before the disk filled up
+        assert not (tiny / "out.csv").exists()
+        subprocess.run(["mount", "-o", "remount,size=10m", str(tiny)], check=True)
+        resumed = uiaa(*common, "-o", tiny / "out.csv", "--resume", env=env)
+        assert resumed.returncode == 0, resumed.stderr
+        assert (tiny / "out.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+        assert sorted(p.name for p in tiny.iterdir()) == ["out.csv"]
+
+
 def test_named_pipes_are_skipped_and_names_escaped(made, uiaa, tmp_path):
     """A FIFO among the photos is skipped, one named directly is one stderr line (no hang); tabs,
     newlines and backslashes in names are escaped on stdout's one line per image."""

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
+from uiaa_cli.outputs import write_error
 from uiaa_cli.tables import Table, TableWriter
 
 FORMAT = "uiaa-predict-partial-2"  # 1: Parquet parts
@@ -78,7 +79,11 @@ class PartialTable:
             raise UiaaError(f"cannot create the folder of parts ({e.strerror or e})", where=at(str(folder))) from None
         table = cls(folder, {"format": FORMAT, "identity": identity, "parts": [], "done": 0, "names": None,
                              "failed": 0, "complete": False})
-        table._write_manifest()
+        try:
+            table._write_manifest()
+        except UiaaError:
+            table.remove()  # nothing to resume
+            raise
         return table
 
     # ------------------------------------------------------------------------------- progress
@@ -103,23 +108,26 @@ class PartialTable:
     def commit(self, done: int, names: str, failed: int) -> None:
         """Make the pending rows durable: with them, ``done`` inputs (``names``: their hash) are finished."""
         parts = self.manifest["parts"]
-        if self.pending:
-            rows = concat(self.pending)
-            name = f"part-{len(parts):06d}.npz"
-            write_part(rows, self.folder / name)
-            parts.append({"file": name, "rows": len(rows)})
-            self.pending = []
-        self.manifest.update(done=done, names=names, failed=failed)
-        self._write_manifest()
+        try:
+            if self.pending:
+                rows = concat(self.pending)
+                name = f"part-{len(parts):06d}.npz"
+                write_part(rows, self.folder / name)
+                parts.append({"file": name, "rows": len(rows)})
+                self.pending = []
+            self.manifest.update(done=done, names=names, failed=failed)
+            self._write_manifest()
+        except UiaaError as e:  # a full disk: what the manifest names is whole
+            raise UiaaError(f"{e.message}; what was committed before is kept: make room, then run the same "
+                            "command with --resume", where=e.where) from None
 
     def finish(self) -> None:
         self.manifest["complete"] = True
         self._write_manifest()
 
     def _write_manifest(self) -> None:
-        tmp = self.folder / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(self.manifest, indent=1))
-        os.replace(tmp, self.folder / MANIFEST)
+        with written(self.folder / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(self.manifest, indent=1))
 
     def tables(self) -> Iterator[Table]:
         """The committed parts, in order."""
@@ -151,10 +159,22 @@ def write_part(rows: Table, path: Path) -> None:
     """One part, a compressed numpy archive (no pickles), under a temporary name renamed when complete."""
     columns = {f"c{i}": values.astype(str) if values.dtype.kind == "O" else values
                for i, values in enumerate(rows.columns.values())}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with written(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, names=np.array(rows.names, dtype=str), **columns)
-    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def written(path: Path) -> Iterator[Path]:
+    """A temporary name for ``path``, renamed onto it when the block ends; a failed write (a full
+    disk) is removed and becomes the one-line error naming ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise write_error(e, path) from None
 
 
 def read_part(path: Path) -> Table:
