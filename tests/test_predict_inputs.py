@@ -213,7 +213,9 @@ def test_named_pipes_are_skipped_and_names_escaped(made, uiaa, tmp_path):
 def test_a_name_that_is_not_utf8_is_escaped_in_tables_and_kept_raw_in_lines(made, uiaa, tmp_path):
     """A Latin-1 file name (bytes that are not UTF-8) is scored: lines on stdout carry its raw bytes,
     as ``find`` prints them; a table, which holds UTF-8 text, has ``\\xe9`` for the byte 0xe9, and
-    stderr says so in one line. It used to end the run with a traceback at the join."""
+    stderr says so in one line. A failure names such a file with the same escape (stderr's backslash
+    doubled, as for every name there), not Python's ``\\udce9``. Tables used to end the run with a
+    traceback at the join."""
     folder = tmp_path / "latin1"
     folder.mkdir()
     jpeg = (made["photos"] / "img01.jpg").read_bytes()
@@ -230,6 +232,11 @@ def test_a_name_that_is_not_utf8_is_escaped_in_tables_and_kept_raw_in_lines(made
         assert len(problems(result.stderr)) == 1 and "not UTF-8" in problems(result.stderr)[0]
         table = read_table(tmp_path / name)
         assert sorted(table["image"].tolist()) == [f"{folder}/caf\\xe9.jpg", f"{folder}/plain.jpg"]
+    with open(os.path.join(os.fsencode(folder), b"bad\xe9.jpg"), "wb") as f:
+        f.write(b"not a picture")
+    failed = uiaa("predict", folder, "-m", made["model"], "--workers", "0")
+    assert failed.returncode == 1
+    assert [line.split(": ")[1] for line in problems(failed.stderr)] == [f"{folder}/bad\\\\xe9.jpg"]
 
 
 def test_parts_round_trip_and_an_earlier_versions_parts_are_refused(tmp_path):

@@ -199,7 +199,7 @@ def utf8_names(rows: Table) -> Table:
             continue
         except UnicodeEncodeError:
             pass
-        fixed = [os.fsencode(v).decode("utf-8", "backslashreplace") for v in values]
+        fixed = [as_utf8(v) for v in values]
         for before, after in zip(values, fixed):
             if before != after:
                 print(f"uiaa predict: {escape(after)}: the name is not UTF-8; the table holds it with \\xNN escapes",
@@ -221,7 +221,12 @@ def report_failure(item: Input, message: str) -> None:
     else:
         where = item.name
     text = message if message.startswith(where) else f"{where}: {message}"
-    print(f"uiaa predict: {escape(text)}", file=sys.stderr, flush=True)
+    print(f"uiaa predict: {escape(as_utf8(text))}", file=sys.stderr, flush=True)
+
+
+def as_utf8(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (surrogates in Python) as ``\\xNN``."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
 # ---------------------------------------------------------------------------------- outputs
