@@ -162,7 +162,8 @@ def test_resume_after_kill_9_gives_the_uninterrupted_table(made, uiaa, tmp_path)
 def test_a_full_disk_mid_run_is_one_line_and_resume_finishes_once_there_is_room(made, uiaa, tmp_path):
     """A tiny tmpfs fills up after a few committed parts: one line naming the file that could not be
     written (a part or the manifest), exit 2, no temporary file left, the committed parts kept; once
-    the mount is made larger, --resume ends with the uninterrupted run's table."""
+    the mount is made larger, --resume ends with the uninterrupted run's table. The same when the
+    disk fills up at the end, as the parts are joined into the output."""
     from test_outputs import mounted_tmpfs
 
     many = tmp_path / "many"
@@ -189,6 +190,24 @@ def test_a_full_disk_mid_run_is_one_line_and_resume_finishes_once_there_is_room(
         assert resumed.returncode == 0, resumed.stderr
         assert (tiny / "out.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
         assert sorted(p.name for p in tiny.iterdir()) == ["out.csv"]
+    # One part (a batch of 64): grown 4 KiB at a time, the mount first holds the part, not yet the CSV.
+    with mounted_tmpfs(tmp_path / "small", "size=8k") as small:
+        one_part, resume = [*common[:2], "--batch-size", "64", *common[4:], "-o", small / "out.csv"], []
+        for size in range(8, 68, 4):
+            subprocess.run(["mount", "-o", f"remount,size={size}k", str(small)], check=True)
+            full = uiaa(*one_part, *resume)
+            assert full.returncode == 2
+            (line,) = problems(full.stderr)
+            assert "No space left" in line and "--resume" in line
+            if line.startswith(f"uiaa predict: error: {small}/out.csv: cannot write"):
+                break
+            resume = ["--resume"]
+        else:
+            raise AssertionError("the join never ran out of room")
+        subprocess.run(["mount", "-o", "remount,size=10m", str(small)], check=True)
+        resumed = uiaa(*common, "-o", small / "out.csv", "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+        assert (small / "out.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
 
 
 def test_named_pipes_are_skipped_and_names_escaped(made, uiaa, tmp_path):
@@ -212,36 +231,54 @@ def test_named_pipes_are_skipped_and_names_escaped(made, uiaa, tmp_path):
 
 def test_a_name_that_is_not_utf8_is_escaped_in_tables_and_kept_raw_in_lines(made, uiaa, tmp_path):
     """A Latin-1 file name (bytes that are not UTF-8) is scored: lines on stdout carry its raw bytes,
-    as ``find`` prints them; a table, which holds UTF-8 text, has ``\\xe9`` for the byte 0xe9, and
-    stderr says so in one line. A failure names such a file with the same escape (stderr's backslash
-    doubled, as for every name there), not Python's ``\\udce9``. Tables used to end the run with a
-    traceback at the join."""
+    as ``find`` prints them, and such a name is read from stdin; a table, which holds UTF-8 text, has
+    ``\\xe9`` for the byte 0xe9, and stderr says so once per name (a shard's name too, not once per
+    sample). A failure names such a file with the same escape (stderr's backslash doubled, as for
+    every name there), not Python's ``\\udce9``. Tables used to end the run with a traceback at the
+    join. Every run has strict stdio, as under a desktop's en_US.UTF-8 (this VM's C.UTF-8 forgives)."""
+    strict = {"PYTHONIOENCODING": "utf-8:strict"}
     folder = tmp_path / "latin1"
     folder.mkdir()
     jpeg = (made["photos"] / "img01.jpg").read_bytes()
-    with open(os.path.join(os.fsencode(folder), b"caf\xe9.jpg"), "wb") as f:
+    latin1 = os.path.join(os.fsencode(folder), b"caf\xe9.jpg")
+    with open(latin1, "wb") as f:
         f.write(jpeg)
     (folder / "plain.jpg").write_bytes(jpeg)
-    lines = uiaa("predict", folder, "-m", made["model"], "--workers", "0")
+    lines = uiaa("predict", folder, "-m", made["model"], "--workers", "0", env=strict)
     assert lines.returncode == 0, lines.stderr
     assert sorted(line.split(b"\t")[0] for line in lines.stdout.splitlines()) == \
         [os.fsencode(folder) + b"/caf\xe9.jpg", os.fsencode(folder) + b"/plain.jpg"]
+    piped = uiaa("predict", "-", "-m", made["model"], "--workers", "0", input=latin1 + b"\n", env=strict)
+    assert piped.returncode == 0 and piped.stdout.split(b"\t")[0] == latin1, piped.stderr
     for name in ("out.csv", "out.parquet", "out.h5"):
-        result = uiaa("predict", folder, "-m", made["model"], "--workers", "0", "-o", tmp_path / name)
+        result = uiaa("predict", folder, "-m", made["model"], "--workers", "0", "-o", tmp_path / name, env=strict)
         assert result.returncode == 0, result.stderr
         assert len(problems(result.stderr)) == 1 and "not UTF-8" in problems(result.stderr)[0]
         table = read_table(tmp_path / name)
         assert sorted(table["image"].tolist()) == [f"{folder}/caf\\xe9.jpg", f"{folder}/plain.jpg"]
+
+    shard = os.path.join(os.fsencode(tmp_path), b"shard-\xe9.tar")
+    with tarfile.open(shard, "w") as tar:
+        for key in range(5):
+            add(tar, f"{key:04d}.jpg", jpeg)
+    result = uiaa("predict", os.fsdecode(shard), "-m", made["model"], "--workers", "0", "-o", tmp_path / "shard.csv",
+                  env=strict)
+    assert result.returncode == 0, result.stderr
+    assert problems(result.stderr) == [f"uiaa predict: {tmp_path}/shard-\\\\xe9.tar: the shard's name is not UTF-8; "
+                                       "the table holds it with \\xNN escapes"]
+    assert set(read_table(tmp_path / "shard.csv")["shard"].tolist()) == {f"{tmp_path}/shard-\\xe9.tar"}
+
     with open(os.path.join(os.fsencode(folder), b"bad\xe9.jpg"), "wb") as f:
         f.write(b"not a picture")
-    failed = uiaa("predict", folder, "-m", made["model"], "--workers", "0")
+    failed = uiaa("predict", folder, "-m", made["model"], "--workers", "0", env=strict)
     assert failed.returncode == 1
     assert [line.split(": ")[1] for line in problems(failed.stderr)] == [f"{folder}/bad\\\\xe9.jpg"]
 
 
 def test_parts_round_trip_and_an_earlier_versions_parts_are_refused(tmp_path):
     """A part keeps every column exactly (odd names, NaN, int64 positions) and is a plain numpy
-    archive (no pickles); a folder of Parquet parts from an earlier uiaa is one error, not a crash."""
+    archive (no pickles); a folder of Parquet parts from an earlier uiaa, or a part cut short, is one
+    error, not a crash; a folder left by a run killed before its first manifest is started afresh."""
     import json
 
     from uiaa_cli import parts
@@ -267,6 +304,17 @@ def test_parts_round_trip_and_an_earlier_versions_parts_are_refused(tmp_path):
                                                    "done": 2, "names": "h", "failed": 0, "complete": False}))
     with pytest.raises(UiaaError, match="earlier uiaa"):
         parts.PartialTable.start(old, {"model": "m"}, resume=True)
+
+    (tmp_path / "out.csv.partial" / "part-000000.npz").write_bytes(b"")  # cut short by a power cut
+    with pytest.raises(UiaaError, match="a damaged part") as damaged:
+        list(parts.PartialTable.start(tmp_path / "out.csv.partial", {"model": "m"}, resume=True).tables())
+    assert "part-000000.npz" in str(damaged.value) and "\n" not in str(damaged.value)
+
+    empty = tmp_path / "killed.csv.partial"  # killed between its mkdir and its first manifest
+    empty.mkdir()
+    (empty / "manifest.json.tmp").write_text("{")
+    for resume in (False, True):
+        assert parts.PartialTable.start(empty, {"model": "m"}, resume=resume).done == 0
 
 
 def test_join_merges_the_parts_of_several_ranks_in_input_order(tmp_path):

@@ -29,6 +29,7 @@ themselves are produced lazily, so memory does not grow with their number.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import sys
@@ -94,7 +95,7 @@ def open_inputs(arguments: list[str], size: int, images: str | None = None,
     for item in arguments:
         kind = input_kind(item)
         if kind == "stdin":
-            producers.append(lambda: stdin_paths(stdin or sys.stdin))
+            producers.append(lambda: stdin_paths(stdin or paths_stdin()))
         elif kind == "folder":
             producers.append(folder_images(item))
         elif kind == "tar":
@@ -133,6 +134,13 @@ def input_kind(item: str) -> str:
 
 
 # --------------------------------------------------------------------------------- producers
+
+
+def paths_stdin() -> TextIO:
+    """stdin, decoded as file names are (a name that is not UTF-8 is read, whatever the locale)."""
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(encoding=sys.getfilesystemencoding(), errors="surrogateescape")
+    return sys.stdin
 
 
 def stdin_paths(stream: TextIO) -> Iterator[tuple[str, str, tuple]]:

@@ -57,6 +57,8 @@ class PartialTable:
     @classmethod
     def start(cls, folder: Path, identity: dict[str, Any], resume: bool) -> PartialTable:
         """A new partial table, or (``resume``) the interrupted one in ``folder`` if it is the same run."""
+        if folder.is_dir() and not folder.is_symlink() and all(p.name == MANIFEST + ".tmp" for p in folder.iterdir()):
+            shutil.rmtree(folder)  # a run killed before its first manifest: nothing to resume
         if folder.exists():
             if not resume:
                 raise UiaaError("an interrupted run is kept here: add --resume to continue it, or delete it to "
@@ -108,7 +110,7 @@ class PartialTable:
     def commit(self, done: int, names: str, failed: int) -> None:
         """Make the pending rows durable: with them, ``done`` inputs (``names``: their hash) are finished."""
         parts = self.manifest["parts"]
-        try:
+        with kept_for_resume():  # a full disk: what the manifest names is whole
             if self.pending:
                 rows = concat(self.pending)
                 name = f"part-{len(parts):06d}.npz"
@@ -117,13 +119,11 @@ class PartialTable:
                 self.pending = []
             self.manifest.update(done=done, names=names, failed=failed)
             self._write_manifest()
-        except UiaaError as e:  # a full disk: what the manifest names is whole
-            raise UiaaError(f"{e.message}; what was committed before is kept: make room, then run the same "
-                            "command with --resume", where=e.where) from None
 
     def finish(self) -> None:
         self.manifest["complete"] = True
-        self._write_manifest()
+        with kept_for_resume():
+            self._write_manifest()
 
     def _write_manifest(self) -> None:
         with written(self.folder / MANIFEST) as tmp:
@@ -178,8 +178,25 @@ def written(path: Path) -> Iterator[Path]:
 
 
 def read_part(path: Path) -> Table:
-    with np.load(path, allow_pickle=False) as part:
-        return Table({name: part[f"c{i}"] for i, name in enumerate(part["names"].tolist())})
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as part:
+            return Table({name: part[f"c{i}"] for i, name in enumerate(part["names"].tolist())})
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:  # cut short, say by a power cut
+        raise UiaaError(f"a damaged part ({type(e).__name__}: {str(e)[:80]}): delete {path.parent} to start again",
+                        where=at(str(path))) from None
+
+
+@contextlib.contextmanager
+def kept_for_resume() -> Iterator[None]:
+    """A write that fails (a full disk, a place made read-only) leaves the parts committed before it
+    whole: the one-line error says so."""
+    try:
+        yield
+    except UiaaError as e:
+        raise UiaaError(f"{e.message}; the scores committed so far are kept: once the output can be written, run "
+                        "the same command with --resume", where=e.where) from None
 
 
 def concat(tables: list[Table]) -> Table:

@@ -126,7 +126,8 @@ def run_predict(arguments: list[str], *, model: str | None, output: str | None, 
             assert isinstance(sink, PartsSink)
             from uiaa_cli import parts
 
-            parts.join([sink.partial], str(output), fmt, attrs, empty_rows(columns))
+            with parts.kept_for_resume():
+                parts.join([sink.partial], str(output), fmt, attrs, empty_rows(columns))
             sink.partial.remove()
     return result
 
@@ -186,10 +187,11 @@ def predictions(good: list[Input], score: np.ndarray, std: np.ndarray, probs: np
     return Table(values)
 
 
-def utf8_names(rows: Table) -> Table:
+def utf8_names(rows: Table, reported: set[str]) -> Table:
     """``rows`` with names fit for a table: a file name that is not UTF-8 (its undecodable bytes are
-    surrogates in Python) gets ``\\xNN`` escapes, with a line on stderr, since CSV, Parquet and HDF5
-    hold UTF-8 text (``path<TAB>score`` lines keep the raw bytes, as ``find`` does)."""
+    surrogates in Python) gets ``\\xNN`` escapes, with a line on stderr (once per name: ``reported``),
+    since CSV, Parquet and HDF5 hold UTF-8 text (``path<TAB>score`` lines keep the raw bytes, as
+    ``find`` does). A literal backslash in a name is left as it is, so the escape can be ambiguous."""
     for column in ("image", "shard"):
         if column not in rows:
             continue
@@ -200,9 +202,13 @@ def utf8_names(rows: Table) -> Table:
         except UnicodeEncodeError:
             pass
         fixed = [as_utf8(v) for v in values]
-        for before, after in zip(values, fixed):
-            if before != after:
-                print(f"uiaa predict: {escape(after)}: the name is not UTF-8; the table holds it with \\xNN escapes",
+        shards = rows["shard"].tolist() if column == "image" and "shard" in rows else [""] * len(values)
+        for before, after, shard in zip(values, fixed, shards):
+            where = f"{as_utf8(shard)}: {after}" if shard else after
+            if before != after and where not in reported:
+                reported.add(where)
+                what = "shard's name" if column == "shard" else "name"
+                print(f"uiaa predict: {escape(where)}: the {what} is not UTF-8; the table holds it with \\xNN escapes",
                       file=sys.stderr, flush=True)
         rows = Table({**rows.columns, column: np.array(fixed, dtype=str)}, dict(rows.attrs))
     return rows
@@ -260,8 +266,10 @@ class LinesSink(Sink):
         names = rows["image"].tolist()
         if "shard" in rows:  # a shard's sample: SHARD/KEY, as if the tar were a folder
             names = [f"{s}/{k}" for s, k in zip(rows["shard"].tolist(), names)]
-        sys.stdout.write("".join(f"{escape(name)}\t{s:.4f}\n" for name, s in zip(names, rows["score"].tolist())))
-        sys.stdout.flush()
+        text = "".join(f"{escape(name)}\t{s:.4f}\n" for name, s in zip(names, rows["score"].tolist()))
+        # As bytes: a name that is not UTF-8 goes out as it is on disk, whatever stdout's encoding.
+        sys.stdout.buffer.write(os.fsencode(text))
+        sys.stdout.buffer.flush()
 
 
 class TableSink(Sink):
@@ -273,11 +281,12 @@ class TableSink(Sink):
         self.writer = TableWriter(output, fmt).__enter__()
         self.attrs = attrs
         self.started = False
+        self.reported: set[str] = set()
 
     def write(self, rows: Table) -> None:
         from uiaa_cli.parts import without_index
 
-        self.writer.write(without_index(utf8_names(rows), self.attrs))
+        self.writer.write(without_index(utf8_names(rows, self.reported), self.attrs))
         self.started = True
 
     def close(self, done: int, names: str, failed: int) -> None:
@@ -298,6 +307,7 @@ class PartsSink(Sink):
         self.done, self.failed, self.carried = self.partial.done, self.partial.failed, self.partial.rows
         self.last_commit = time.monotonic()
         self.pending_rows = 0
+        self.reported: set[str] = set()
         self.state = (self.done, self.partial.manifest["names"], self.failed)
 
     def skip(self, items: Iterator[Input], names: Any) -> Iterator[Input]:
@@ -324,7 +334,7 @@ class PartsSink(Sink):
                             where=str(self.partial.folder))
 
     def write(self, rows: Table) -> None:
-        self.partial.append(utf8_names(rows))
+        self.partial.append(utf8_names(rows, self.reported))
         self.pending_rows += len(rows)
 
     def batch_done(self, done: int, names: str, failed: int) -> None:
@@ -376,7 +386,8 @@ def finish_distributed(result: PredictResult, output: str | None, fmt: str | Non
             partials = [parts.PartialTable(parts.partial_path(f"{output}.rank-{r}-of-{world}"),
                                            parts.read_manifest(parts.partial_path(f"{output}.rank-{r}-of-{world}")))
                         for r in range(world)]
-            parts.join(partials, output, fmt, attrs, empty_rows(columns))
+            with parts.kept_for_resume():
+                parts.join(partials, output, fmt, attrs, empty_rows(columns))
             for partial in partials:
                 partial.remove()
         dist.barrier()
