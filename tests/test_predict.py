@@ -120,6 +120,24 @@ def test_arrow_is_not_loaded_before_the_parts_are_joined(setup, tmp_path):
     assert len(read_table(out)) == len(setup["ids"])
 
 
+def test_called_from_python_with_a_text_stdout(setup, monkeypatch):
+    """Lines go out as bytes (raw file names); a stdout with no bytes underneath (a notebook's, a
+    StringIO) still gets them, as text."""
+    import io
+
+    from uiaa_cli.predict import run_predict
+
+    captured = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", captured)
+    result = run_predict([str(setup["photos"] / "img01.jpg"), str(setup["photos"] / "img02.jpg")],
+                         model=str(setup["m10"]), output=None, fmt=None, images=None, device="cpu", batch_size=4,
+                         workers=0, progress=False, engine="onnx")
+    assert result.scored == 2
+    rows = lines(captured.getvalue())
+    assert [Path(p).name for p, _ in rows] == ["img01.jpg", "img02.jpg"]
+    assert all(1.0 <= float(score) <= 10.0 for _, score in rows)
+
+
 def test_outputs_are_read_by_evaluate_and_a_cache_gives_the_same_scores(setup, uiaa, tmp_path):
     """A labels table's images -o csv/h5 (image, score, std, p_*, in input order) join in `uiaa evaluate`;
     its cache (made at the model's size) gives the same scores from the stored pixels."""

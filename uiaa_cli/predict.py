@@ -267,9 +267,15 @@ class LinesSink(Sink):
         if "shard" in rows:  # a shard's sample: SHARD/KEY, as if the tar were a folder
             names = [f"{s}/{k}" for s, k in zip(rows["shard"].tolist(), names)]
         text = "".join(f"{escape(name)}\t{s:.4f}\n" for name, s in zip(names, rows["score"].tolist()))
-        # As bytes: a name that is not UTF-8 goes out as it is on disk, whatever stdout's encoding.
-        sys.stdout.buffer.write(os.fsencode(text))
-        sys.stdout.buffer.flush()
+        # As bytes: a name that is not UTF-8 goes out as it is on disk, whatever stdout's encoding
+        # (a stdout without bytes underneath, as when called from Python, takes the text).
+        raw = getattr(sys.stdout, "buffer", None)
+        if raw is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            raw.write(os.fsencode(text))
+            raw.flush()
 
 
 class TableSink(Sink):
