@@ -312,7 +312,7 @@ def test_parts_round_trip_and_an_earlier_versions_parts_are_refused(tmp_path):
 
     empty = tmp_path / "killed.csv.partial"  # killed between its mkdir and its first manifest
     empty.mkdir()
-    (empty / "manifest.json.tmp").write_text("{")
+    (empty / ".manifest.json.k2x9_q1a.part").write_text("{")  # outputs.atomic_output's temporary
     for resume in (False, True):
         assert parts.PartialTable.start(empty, {"model": "m"}, resume=resume).done == 0
 

@@ -3,10 +3,10 @@
 ``FILE.partial/`` (a folder beside the final output) holds ``part-NNNNNN.npz`` files and a
 small ``manifest.json``: what the run is (the model's SHA-256, the inputs, the options), the parts
 committed so far, and how many inputs they account for (``done``, scored or failed) with the
-SHA-256 of those inputs' names (``names``). A part is written under a temporary name and renamed;
-then the manifest is rewritten the same way: whatever the moment of a ``kill -9``, the manifest
-names only complete parts, and a part it does not name is a leftover to delete. On ``--resume``
-the inputs are enumerated again, the first ``done`` are skipped once their names hash to
+SHA-256 of those inputs' names (``names``). A part is written under a temporary name and renamed
+(``outputs.atomic_output``); then the manifest is rewritten the same way: whatever the moment of a
+``kill -9``, the manifest names only complete parts, and a part it does not name is a leftover to
+delete. On ``--resume`` the inputs are enumerated again, the first ``done`` are skipped once their names hash to
 ``names`` (otherwise the inputs have changed: an error), and the run goes on from there. At the
 end the parts are joined, streaming, into the final file (written atomically), and the folder is
 removed: nothing incomplete ever sits under the final name.
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.outputs import write_error
+from uiaa_cli.outputs import atomic_output
 from uiaa_cli.tables import Table, TableWriter
 
 FORMAT = "uiaa-predict-partial-2"  # 1: Parquet parts
@@ -57,7 +57,7 @@ class PartialTable:
     @classmethod
     def start(cls, folder: Path, identity: dict[str, Any], resume: bool) -> PartialTable:
         """A new partial table, or (``resume``) the interrupted one in ``folder`` if it is the same run."""
-        if folder.is_dir() and not folder.is_symlink() and all(p.name == MANIFEST + ".tmp" for p in folder.iterdir()):
+        if folder.is_dir() and not folder.is_symlink() and all(is_temporary(p) for p in folder.iterdir()):
             shutil.rmtree(folder)  # a run killed before its first manifest: nothing to resume
         if folder.exists():
             if not resume:
@@ -126,7 +126,7 @@ class PartialTable:
             self._write_manifest()
 
     def _write_manifest(self) -> None:
-        with written(self.folder / MANIFEST) as tmp:
+        with atomic_output(self.folder / MANIFEST) as tmp:
             tmp.write_text(json.dumps(self.manifest, indent=1))
 
     def tables(self) -> Iterator[Table]:
@@ -136,6 +136,11 @@ class PartialTable:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def is_temporary(path: Path) -> bool:
+    """A file ``outputs.atomic_output`` was writing when its run was killed."""
+    return path.name.startswith(".") and path.name.endswith(".part")
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -159,22 +164,8 @@ def write_part(rows: Table, path: Path) -> None:
     """One part, a compressed numpy archive (no pickles), under a temporary name renamed when complete."""
     columns = {f"c{i}": values.astype(str) if values.dtype.kind == "O" else values
                for i, values in enumerate(rows.columns.values())}
-    with written(path) as tmp, open(tmp, "wb") as f:
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, names=np.array(rows.names, dtype=str), **columns)
-
-
-@contextlib.contextmanager
-def written(path: Path) -> Iterator[Path]:
-    """A temporary name for ``path``, renamed onto it when the block ends; a failed write (a full
-    disk) is removed and becomes the one-line error naming ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise write_error(e, path) from None
 
 
 def read_part(path: Path) -> Table:
