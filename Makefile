@@ -29,7 +29,7 @@ ablation: $(STAMP)
 	$(PY) examples/ablation.py --out ablation $(ARGS)
 
 man: $(STAMP)
-	$(PY) -m uiaa_cli.manpages man
+	$(PY) -m uiaa_cli.cli.manpages man
 
 clean:
 	rm -rf $(VENV) runs demo ablation .pytest_cache

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from uiaa_cli import images
-from uiaa_cli.cache import build_cache
+from uiaa_cli.pixels import images
+from uiaa_cli.pixels.cache import build_cache
 
 from _common import TreeMemory, best_of, report
 
@@ -175,7 +175,7 @@ def peak_memory(labels: Path, root: Path, out: Path, size: int, workers: int) ->
 
 # The previous release's cache: torch imported in the main process (and so in the forked workers),
 # resizing with its kernel. Loading torch before the command gives exactly that behaviour.
-WITH_TORCH = "import sys, torch; from uiaa_cli.cli import main; sys.argv[0] = 'uiaa'; main()"
+WITH_TORCH = "import sys, torch; from uiaa_cli.cli.app import main; sys.argv[0] = 'uiaa'; main()"
 
 
 def command(args: list[str], with_torch: bool) -> tuple[float, float, str, float]:

@@ -119,8 +119,8 @@ def build(labels: Path, images: Path, out: Path, size: int, store: str, workers:
 
 def worker_costs(paths: list[Path], size: int) -> dict[str, float]:
     """ms per image, one process, of what a build's worker does: decode + resize, then each encoding."""
-    from uiaa_cli.cache import encode_pixels, parse_store
-    from uiaa_cli.images import decode_image, preload
+    from uiaa_cli.pixels.cache import encode_pixels, parse_store
+    from uiaa_cli.pixels.images import decode_image, preload
 
     preload()
     decode_image(paths[0], size)
@@ -143,7 +143,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def read_speed(path: Path, batches: list[np.ndarray]) -> float:
     """ms per image of ``CacheReader.read`` over ``batches``."""
-    from uiaa_cli.cache import CacheReader
+    from uiaa_cli.pixels.cache import CacheReader
 
     with CacheReader(path) as reader:
         reader.read(batches[0])
@@ -183,7 +183,7 @@ def train_speeds(raw: Path, jpeg: Path, folder: Path, rounds: int) -> tuple[list
     """images/s of the real training loop (one epoch per round) from each cache, alternating."""
     import torch
 
-    from uiaa_cli.training import Dist, Reporter, StopFlag, Trainer, TrainSettings
+    from uiaa_cli.training.trainer import Dist, Reporter, StopFlag, Trainer, TrainSettings
 
     torch.set_num_threads(2)
     trainers = {}
@@ -230,7 +230,7 @@ def main() -> int:
     args = parser.parse_args()
     n, distinct, rounds = (48, 8, 2) if args.quick else (128, 16, 3)
     rows: list[tuple[str, str, str, bool]] = []
-    from uiaa_cli.cache import CacheReader, cache_info
+    from uiaa_cli.pixels.cache import CacheReader, cache_info
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

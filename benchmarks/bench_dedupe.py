@@ -77,8 +77,8 @@ def main() -> int:
     n = args.n or (256 if args.quick else 1024)
     n_hashes = args.hashes or (10_000 if args.quick else 40_000)
 
-    from uiaa_cli.cache import CacheReader
-    from uiaa_cli.dedupe import close_hashes, features, hash_cache
+    from uiaa_cli.pixels.cache import CacheReader
+    from uiaa_cli.pixels.dedupe import close_hashes, features, hash_cache
 
     print(f"uiaa dedupe benchmark\nmachine: {machine()}\n")
     print(f"{'cache':>8}  {'images':>7}  {'from cache':>12}  {'in memory':>12}  {'AVA projected':>14}")

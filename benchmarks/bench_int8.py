@@ -3,7 +3,7 @@
     python benchmarks/bench_int8.py [--quick] [--threads 2] [--demo DIR]
 
 1. Model alone. A ResNet-50 checkpoint (random weights: speed does not depend on them) exported to
-   fp32 ONNX and quantized by ``uiaa_cli.quantize`` (calibrated on 640x480 JPEGs decoded as predict
+   fp32 ONNX and quantized by ``uiaa_cli.models.quantize`` (calibrated on 640x480 JPEGs decoded as predict
    decodes them), both run by ``engines.OnnxEngine`` (what predict runs) on the same uint8 batch,
    with the same threads, interleaved: every round runs fp32 then int8 (then int8 then fp32), so a
    shared machine's load falls on both alike. Figure: the median of the rounds' ratios. Bar >= 1.8x.
@@ -56,8 +56,8 @@ def models(tmp: Path, photos: Path, arch: str, size: int) -> tuple[Path, Path, s
 
 
 def model_alone(fp32: Path, int8: Path, photos: Path, batch: int, threads: int, rounds: int) -> dict:
-    from uiaa_cli.engines import OnnxEngine
-    from uiaa_cli.images import decode_image, list_images
+    from uiaa_cli.models.engines import OnnxEngine
+    from uiaa_cli.pixels.images import decode_image, list_images
 
     engines = {"fp32": OnnxEngine(fp32, "cpu", threads), "int8": OnnxEngine(int8, "cpu", threads)}
     size = int(engines["fp32"].config["size"])
@@ -93,7 +93,7 @@ def whole_command(fp32: Path, int8: Path, photos: Path, batch: int, threads: int
 def ranking(demo: Path, tmp: Path) -> dict:
     from scipy.stats import spearmanr
 
-    from uiaa_cli.tables import read_table
+    from uiaa_cli.tables.table import read_table
 
     checkpoint = demo / "run" / "best.pt"
     uiaa("convert", checkpoint, tmp / "demo.onnx")

@@ -60,7 +60,7 @@ def make_jpegs(folder: Path, n: int, seed: int = 0) -> None:
 def make_model(path: Path, arch: str, size: int) -> None:
     import torch
 
-    from uiaa_cli import models
+    from uiaa_cli.models import networks as models
 
     torch.manual_seed(0)
     model = models.build_model(arch, 10, "none")
@@ -92,7 +92,7 @@ def whole_command(command: list[str], batch: int) -> tuple[float, float, int]:
 
 def forward_rate(model: Path, engine: str, device: str, batch: int, batches: int) -> float:
     """Images/s of the engine itself on uint8 batches already in memory (after one warm-up batch)."""
-    from uiaa_cli.engines import open_engine
+    from uiaa_cli.models.engines import open_engine
 
     scorer = open_engine(str(model), engine, device, note=lambda m: None)
     size = int(scorer.config["size"])
@@ -133,7 +133,7 @@ def sweep(model: Path, size: int, threads: int) -> None:
     """ONNX Runtime's images/s by batch size and session options (forward only, in memory)."""
     import onnxruntime as ort
 
-    from uiaa_cli.engines import exported_graph
+    from uiaa_cli.models.engines import exported_graph
 
     graph = exported_graph(model, note=lambda m: None)
     x = np.random.default_rng(0).integers(0, 256, (64, 3, size, size), dtype=np.uint8)
@@ -170,7 +170,7 @@ def layouts(model: Path, batch: int, rounds: int = 3) -> None:
     """torch on CPU: the Scorer's images/s with NCHW and with channels_last inputs, alternately."""
     import torch
 
-    from uiaa_cli.models import load_scorer
+    from uiaa_cli.models.networks import load_scorer
 
     scorer, config = load_scorer(model)
     size = int(config["size"])

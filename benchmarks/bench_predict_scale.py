@@ -63,7 +63,7 @@ def make_images(root: Path, n: int) -> list[Path]:
 def make_model(path: Path) -> None:
     import torch
 
-    from uiaa_cli import models
+    from uiaa_cli.models import networks as models
 
     torch.manual_seed(0)
     model = models.build_model("resnet18", 10, "none")

@@ -35,8 +35,8 @@ def first_output(command: list[str], stdin: bytes | None = None) -> float:
 
 
 def make_evaluation_tables(tmp: Path, n: int) -> tuple[Path, Path]:
-    from uiaa_cli.labels import LabelSettings, build_labels
-    from uiaa_cli.tables import Table, write_table
+    from uiaa_cli.tables.table import Table, write_table
+    from uiaa_cli.targets.labels import LabelSettings, build_labels
 
     rng = np.random.default_rng(0)
     counts = rng.integers(0, 40, size=(n, 10)).astype(float) + np.eye(10)[rng.integers(0, 10, n)]
@@ -53,7 +53,7 @@ def make_evaluation_tables(tmp: Path, n: int) -> tuple[Path, Path]:
 def in_process_evaluate(preds: Path, labels: Path) -> float:
     """Seconds of reading both tables and computing every metric, after the imports."""
     from uiaa_cli.evaluation import as_text, evaluate_tables
-    from uiaa_cli.tables import read_table
+    from uiaa_cli.tables.table import read_table
 
     def once() -> None:
         as_text(evaluate_tables(read_table(preds), read_table(labels)))
@@ -77,8 +77,8 @@ def main() -> None:
         python_s = min(first_output([sys.executable, "-c", "print(1)"]) for _ in range(repeat))
         work = in_process_evaluate(preds, labels)
         torch_free = subprocess.run(
-            [sys.executable, "-c", "import sys; from uiaa_cli import cli, labels, ratings, tables, evaluation, "
-             "metrics; print('torch' in sys.modules)"], capture_output=True, text=True).stdout.strip() == "False"
+            [sys.executable, "-c", "import sys; import uiaa_cli.cli.app, uiaa_cli.targets.labels, uiaa_cli.targets.ratings, "
+             "uiaa_cli.tables.table, uiaa_cli.evaluation, uiaa_cli.metrics; print('torch' in sys.modules)"], capture_output=True, text=True).stdout.strip() == "False"
     ok = report("start-up and evaluate", [
         ("python -c 'print(1)' (for scale)", f"{python_s:.3f} s", "", True),
         ("uiaa --help, to first output", f"{help_s:.3f} s", "< 0.5 s", help_s < 0.5),

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from make_examples import make_examples  # noqa: E402
 
-from uiaa_cli.tables import read_table  # noqa: E402
+from uiaa_cli.tables.table import read_table  # noqa: E402
 
 SRCC_BAR = 0.5      # the held-out SRCC of the mean score must beat this
 STD_SRCC_BAR = 0.2  # ... and that of the predicted std (the model learned which pictures divide raters)

@@ -2,7 +2,7 @@
 
     python examples/select_rule.py [--out select] [--epochs 6] [--size 32] [--seeds 0 1]
 
-For each configuration (kind, loss) and seed, one real training run (uiaa_cli.training, resnet18 from
+For each configuration (kind, loss) and seed, one real training run (uiaa_cli.training.trainer, resnet18 from
 scratch, the split and settings of `uiaa train`) validates on its usual 10% after every epoch, as
 `uiaa train` does, and this script also scores that epoch's model on the 150 held-out test images
 (never seen by training or by the rule). Each rule of `train --select` then picks an epoch from the
@@ -34,9 +34,9 @@ def run(out: Path, train: Path, test: Path, loss: str, seed: int, epochs: int) -
     import torch
 
     from uiaa_cli import metrics
-    from uiaa_cli.data import open_source
     from uiaa_cli.losses import activate
-    from uiaa_cli.training import Reporter, Trainer, TrainSettings, init_distributed, labels_of
+    from uiaa_cli.training.data import open_source
+    from uiaa_cli.training.trainer import Reporter, Trainer, TrainSettings, init_distributed, labels_of
 
     class Probe(Trainer):
         def end_epoch(self, epoch: int, reporter: Reporter) -> None:
@@ -63,7 +63,7 @@ def run(out: Path, train: Path, test: Path, loss: str, seed: int, epochs: int) -
 
 
 def main() -> None:
-    from uiaa_cli.training import SELECT_RULES, best_epoch
+    from uiaa_cli.training.trainer import SELECT_RULES, best_epoch
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("select"))

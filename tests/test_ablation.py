@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uiaa_cli.tables import read_table
+from uiaa_cli.tables.table import read_table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))

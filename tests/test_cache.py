@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uiaa_cli.cache import CacheReader, build_cache, partial_path
 from uiaa_cli.errors import UiaaError
-from uiaa_cli.images import decode_image
-from uiaa_cli.tables import read_table
+from uiaa_cli.pixels.cache import CacheReader, build_cache, partial_path
+from uiaa_cli.pixels.images import decode_image
+from uiaa_cli.tables.table import read_table
 
 SIZE = 24
 PILLOW = {"UIAA_RESIZE": "pillow"}
@@ -243,7 +243,7 @@ def test_command_usage_errors_exit_2(tmp_path):
 WRAPPER = textwrap.dedent("""
     # Runs the real uiaa command, counting (and optionally slowing) every successful decode.
     import os, sys, time
-    from uiaa_cli import images
+    from uiaa_cli.pixels import images
 
     decode = images.decode_image
 
@@ -255,7 +255,7 @@ WRAPPER = textwrap.dedent("""
         return out
 
     images.decode_image = counted
-    from uiaa_cli.cli import main
+    from uiaa_cli.cli.app import main
     sys.argv = ["uiaa"] + sys.argv[1:]
     main()
 """)
@@ -367,7 +367,7 @@ def test_ctrl_c_keeps_the_partial_build(tmp_path):
 
 
 def test_a_dying_worker_is_an_error_not_a_hang(tmp_path, monkeypatch):
-    from uiaa_cli import images
+    from uiaa_cli.pixels import images
 
     names = make_images(tmp_path / "img", 40)
     labels = write_labels(tmp_path / "img" / "labels.csv", names)
@@ -425,7 +425,7 @@ def test_resume_refuses_a_different_build(tmp_path):
         build_cache(labels, None, out, size=SIZE, resume=True, progress=False)
     partial.unlink()
     # A real partial build of size 16 cannot be resumed at another size.
-    from uiaa_cli.cache import _fingerprint, _PartialCache, parse_store
+    from uiaa_cli.pixels.cache import _fingerprint, _PartialCache, parse_store
 
     jpeg = parse_store("jpeg")
     _PartialCache.create(partial, 3, 16, _fingerprint(np.array(names), 16, os.path.realpath(labels.parent), jpeg),

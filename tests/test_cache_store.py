@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uiaa_cli.cache import CacheReader
+from uiaa_cli.pixels.cache import CacheReader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,7 @@ def test_a_corrupt_stored_image_is_a_one_line_error(caches, tmp_path):
 
 def test_training_batches_from_worker_processes_match_the_reader(caches):
     """CacheSource decodes an encoded store in DataLoader workers: same pixels, same order."""
-    from uiaa_cli.data import CacheSource
+    from uiaa_cli.training.data import CacheSource
 
     batches = [np.array([0, 5, 6]), np.array([23]), np.array([1, 2, 3, 4])]
     with CacheReader(caches["jpeg"]) as reader:

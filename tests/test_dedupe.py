@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from uiaa_cli.dedupe import area_matrix, close_hashes, features
-from uiaa_cli.tables import read_table
+from uiaa_cli.pixels.dedupe import area_matrix, close_hashes, features
+from uiaa_cli.tables.table import read_table
 
 PLANTED = 20
 

@@ -17,8 +17,8 @@ import pytest
 from conftest import REPO, run_uiaa
 from PIL import Image
 
-from uiaa_cli import engines
-from uiaa_cli.tables import read_table
+from uiaa_cli.models import engines
+from uiaa_cli.tables.table import read_table
 
 SIZE = 32
 # ImageNet's normalisation written out here, so the reference below does not read uiaa's constants.
@@ -31,7 +31,7 @@ def make_checkpoint(path: Path, seed: int, outputs: int = 10) -> Path:
     uniform: scores spread over the scale, so a wrong preprocessing or head shows in the scores."""
     import torch
 
-    from uiaa_cli import models
+    from uiaa_cli.models import networks as models
 
     torch.manual_seed(seed)
     net = models.build_model("resnet18", outputs, "none")

@@ -19,8 +19,8 @@ from scipy import stats
 
 from uiaa_cli import metrics
 from uiaa_cli.evaluation import file_stems
-from uiaa_cli.labels import LabelSettings, build_labels
-from uiaa_cli.tables import Table, write_table
+from uiaa_cli.tables.table import Table, write_table
+from uiaa_cli.targets.labels import LabelSettings, build_labels
 
 BINS = np.arange(1.0, 11.0)
 DISTRIBUTION = ("kl", "emd", "std_srcc", "std_pcc", "std_mean", "std_ratio")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from uiaa_cli.images import decode_image
 from uiaa_cli.metrics import spearman
-from uiaa_cli.tables import read_table
+from uiaa_cli.pixels.images import decode_image
+from uiaa_cli.tables.table import read_table
 
 REPO = Path(__file__).resolve().parents[1]
 MAKE = REPO / "examples" / "make_examples.py"

@@ -10,8 +10,8 @@ import pytest
 from conftest import run_uiaa
 from test_predict import make_checkpoint, make_photos
 
-from uiaa_cli.images import decode_image
-from uiaa_cli.tables import read_table
+from uiaa_cli.pixels.images import decode_image
+from uiaa_cli.tables.table import read_table
 
 SIZE = 32
 
@@ -38,7 +38,7 @@ def check(score: np.ndarray, probs: np.ndarray, preds) -> None:
 def test_torchscript_scores_equal_predict(setup, uiaa):
     import torch
 
-    from uiaa_cli.export import load_torchscript
+    from uiaa_cli.models.export import load_torchscript
 
     target = setup["root"] / "m.ts"
     result = uiaa("convert", setup["model"], target)

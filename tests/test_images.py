@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from uiaa_cli import images
-from uiaa_cli.images import ImageError, decode_image, list_images, resolve_image
+from uiaa_cli.pixels import images
+from uiaa_cli.pixels.images import ImageError, decode_image, list_images, resolve_image
 
 
 def save(im: Image.Image, path: Path, fmt: str | None = None, **kw) -> Path:
@@ -321,7 +321,7 @@ def test_images_module_is_torch_free():
     import subprocess
     import sys
 
-    code = "import sys, uiaa_cli.images, uiaa_cli.cache; print('torch' in sys.modules)"
+    code = "import sys, uiaa_cli.pixels.images, uiaa_cli.pixels.cache; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

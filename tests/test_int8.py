@@ -14,7 +14,7 @@ from conftest import run_uiaa
 from scipy.stats import spearmanr
 from test_predict import make_checkpoint
 
-from uiaa_cli.quantize import float_nodes, int8_support, split_calibration
+from uiaa_cli.models.quantize import float_nodes, int8_support, split_calibration
 
 pytestmark = pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")),
@@ -54,7 +54,7 @@ def run_model(path: Path, pixels: np.ndarray, outputs: list[str] | None = None) 
 
 
 def photos(setup: dict) -> np.ndarray:
-    from uiaa_cli.images import decode_image, list_images
+    from uiaa_cli.pixels.images import decode_image, list_images
 
     return np.stack([decode_image(p, SIZE) for p in list_images(setup["images"])]).transpose(0, 3, 1, 2).copy()
 
@@ -256,8 +256,8 @@ def test_precision_that_the_model_does_not_have(setup, uiaa):
 
 
 def test_slow_cpu_refuses_precision_int8(monkeypatch):
-    from uiaa_cli import quantize
     from uiaa_cli.errors import UiaaError
+    from uiaa_cli.models import quantize
 
     monkeypatch.setattr(quantize, "int8_support", lambda cpuinfo=None: quantize.Int8Support(False, "x86 without AVX2"))
     with pytest.raises(UiaaError, match="lacks the int8 instructions"):

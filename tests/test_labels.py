@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from uiaa_cli.errors import UiaaError
-from uiaa_cli.labels import (
+from uiaa_cli.targets.labels import (
     KINDS,
     LabelSettings,
     build_labels,
@@ -165,7 +165,7 @@ def test_single_bin_votes_give_one_hot(m, n, data):
 
 
 def test_reconstruction_error_is_small_on_ava(test_data):
-    from uiaa_cli.ratings import read_ratings
+    from uiaa_cli.targets.ratings import read_ratings
 
     r = read_ratings(str(test_data / "AVA_excerpt.txt"))
     t = make_targets(r.counts, r.bins, LabelSettings())
@@ -256,7 +256,7 @@ def ava_fractions(path: Path) -> tuple[list[str], list[Fraction]]:
 
 def test_real_ava_images_with_exact_mean_5_are_low(test_data):
     """Real AVA lines: every exact mean 5 is low, and every mean is float(Fraction) exactly."""
-    from uiaa_cli.ratings import read_ratings
+    from uiaa_cli.targets.ratings import read_ratings
 
     ids, means = ava_fractions(test_data / "AVA_excerpt.txt")
     r = read_ratings(str(test_data / "AVA_excerpt.txt"))
@@ -285,7 +285,7 @@ ID = st.one_of(st.integers(0, 300).map(str),                    # plain numbers:
 @settings(max_examples=300, deadline=None)
 @given(ids=st.lists(ID, max_size=40), cuts=st.lists(st.integers(0, 40), max_size=4))
 def test_the_first_repeated_id_is_found_whatever_the_chunks(ids: list[str], cuts: list[int]) -> None:
-    from uiaa_cli.ratings import SeenImages
+    from uiaa_cli.targets.ratings import SeenImages
 
     seen_before: set[str] = set()
     expected = None  # (chunk, index within it) of the first id met twice, by a plain Python set

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from uiaa_cli.ratings import read_ratings
-from uiaa_cli.tables import read_table
+from uiaa_cli.tables.table import read_table
+from uiaa_cli.targets.ratings import read_ratings
 
 AVA_LINES = (
     "1 953619 0 1 5 17 38 36 15 6 5 1 1 22 1396\n"

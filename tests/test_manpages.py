@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from uiaa_cli import manpages
+from uiaa_cli.cli import manpages
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from uiaa_cli.errors import UiaaError
-from uiaa_cli.labels import matches_ids, read_id_list
-from uiaa_cli.tables import read_table
+from uiaa_cli.tables.table import read_table
+from uiaa_cli.targets.labels import matches_ids, read_id_list
 
 AVA = "1 953619 0 1 5 17 38 36 15 6 5 1 1 22 1396\n2 953958 10 7 15 26 26 21 10 8 1 2 1 21 1396\n"
 
@@ -270,7 +270,7 @@ def test_train_with_a_folder_where_no_image_resolves_is_one_error(uiaa, tmp_path
 
 def test_image_table_finds_a_few_images_among_many_missing(tmp_path):
     """Some images present (the others are skipped one by one later): not an error."""
-    from uiaa_cli.images import image_table
+    from uiaa_cli.pixels.images import image_table
 
     frame = small_labels(tmp_path / "img", 2)
     names = [f"missing{i}" for i in range(100)] + ["1"]
@@ -285,7 +285,7 @@ def test_image_table_finds_a_few_images_among_many_missing(tmp_path):
 def test_predict_of_a_labels_table_with_a_folder_where_no_image_resolves(uiaa, tmp_path):
     import torch
 
-    from uiaa_cli import models
+    from uiaa_cli.models import networks as models
 
     torch.manual_seed(0)
     model = models.build_model("resnet18", 10, "none")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uiaa_cli.engines import exported_graph
-from uiaa_cli.tables import read_table
+from uiaa_cli.models.engines import exported_graph
+from uiaa_cli.tables.table import read_table
 
 SIZE = 32
 UIAA = f"{shlex.quote(sys.executable)} -m uiaa_cli"
@@ -24,7 +24,7 @@ def make_checkpoint(path: Path, outputs: int = 10, kind: str = "gauss-mv", size:
     """A real uiaa checkpoint of an untrained resnet18 (random weights, fixed seed)."""
     import torch
 
-    from uiaa_cli import models
+    from uiaa_cli.models import networks as models
 
     torch.manual_seed(seed)
     targets = ["p_low", "p_high"] if outputs == 2 else [f"p_{i}" for i in range(1, 11)]
@@ -108,7 +108,7 @@ def test_arrow_is_not_loaded_before_the_parts_are_joined(setup, tmp_path):
              "    print('arrow before the join:', 'pyarrow' in sys.modules, file=sys.stderr)\n"
              "    return join(*args, **kwargs)\n"
              "parts.join = probed\n"
-             "from uiaa_cli.cli import main\n"
+             "from uiaa_cli.cli.app import main\n"
              "sys.argv[0] = 'uiaa'\n"
              "main()\n")
     out = tmp_path / "scores.parquet"
@@ -125,7 +125,7 @@ def test_called_from_python_with_a_text_stdout(setup, monkeypatch):
     StringIO) still gets them, as text."""
     import io
 
-    from uiaa_cli.predict import run_predict
+    from uiaa_cli.predict.pipeline import run_predict
 
     captured = io.StringIO()
     monkeypatch.setattr(sys, "stdout", captured)
@@ -250,9 +250,9 @@ def test_preprocessing_is_trainings(setup):
     """The network sees exactly what training fed it: Scorer's normalisation equals data.Normalise."""
     import torch
 
-    from uiaa_cli.data import Normalise
-    from uiaa_cli.images import decode_image
-    from uiaa_cli.models import load_scorer
+    from uiaa_cli.models.networks import load_scorer
+    from uiaa_cli.pixels.images import decode_image
+    from uiaa_cli.training.data import Normalise
 
     scorer, config = load_scorer(setup["m10"])
     pixels = torch.from_numpy(np.stack([decode_image(p, SIZE) for p in sorted(setup["photos"].glob("img*.jpg"))]))

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from test_predict import make_checkpoint, make_photos
 
-from uiaa_cli.tables import read_table
+from uiaa_cli.tables.table import read_table
 
 
 @pytest.fixture(scope="module")
@@ -281,9 +281,9 @@ def test_parts_round_trip_and_an_earlier_versions_parts_are_refused(tmp_path):
     error, not a crash; a folder left by a run killed before its first manifest is started afresh."""
     import json
 
-    from uiaa_cli import parts
     from uiaa_cli.errors import UiaaError
-    from uiaa_cli.tables import Table
+    from uiaa_cli.tables import parts
+    from uiaa_cli.tables.table import Table
 
     rows = Table({"_index": np.array([3, 2**40], dtype=np.int64), "image": np.array(["a\tb\nc", "é/ü\\x.jpg"]),
                   "score": np.array([np.nan, 1e-300]), "kind": np.array(["gauss-mv", "gauss-mv"])})
@@ -320,8 +320,8 @@ def test_parts_round_trip_and_an_earlier_versions_parts_are_refused(tmp_path):
 def test_join_merges_the_parts_of_several_ranks_in_input_order(tmp_path):
     """Rank r holds inputs r, r + 3, ... (some failed, so absent), committed in parts of random sizes;
     the join writes every row once, in input order, holding a part per rank at a time."""
-    from uiaa_cli import parts
-    from uiaa_cli.tables import Table
+    from uiaa_cli.tables import parts
+    from uiaa_cli.tables.table import Table
 
     rng = np.random.default_rng(0)
     kept = np.sort(rng.choice(300, 250, replace=False))

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from uiaa_cli import tables
 from uiaa_cli.errors import UiaaError
-from uiaa_cli.tables import Table, read_table, write_table
+from uiaa_cli.tables import table as tables
+from uiaa_cli.tables.table import Table, read_table, write_table
 
 
 def awkward_table() -> Table:
@@ -171,7 +171,7 @@ def test_bad_hdf5_and_missing_files(uiaa, tmp_path):
 @pytest.mark.parametrize("kind, read_as", [("binary", "binary"), ("soft", "soft"), ("rsd", "rsd"),
                                            ("gauss-nv", "gauss-nv"), ("gauss-mv", "gauss-mv")])
 def test_kind_from_a_plain_csv_and_from_metadata(tmp_path, kind, read_as):
-    from uiaa_cli.labels import LabelSettings, build_labels, table_bins, table_kind, table_threshold
+    from uiaa_cli.targets.labels import LabelSettings, build_labels, table_bins, table_kind, table_threshold
 
     counts = np.array([[0, 1, 5, 17, 38, 36, 15, 6, 5, 1], [10, 7, 15, 26, 26, 21, 10, 8, 1, 2],
                        [0, 0, 0, 0, 0, 0, 0, 0, 3, 9], [4, 0, 0, 0, 0, 0, 0, 0, 0, 0]])

@@ -9,10 +9,10 @@ import pytest
 from conftest import run_uiaa
 from test_training import FAST, make_dataset, train
 
-from uiaa_cli.labels import LabelSettings
-from uiaa_cli.models import load_checkpoint
-from uiaa_cli.tables import read_table
-from uiaa_cli.training import labels_of, split_rows
+from uiaa_cli.models.networks import load_checkpoint
+from uiaa_cli.tables.table import read_table
+from uiaa_cli.targets.labels import LabelSettings
+from uiaa_cli.training.trainer import labels_of, split_rows
 
 
 @pytest.fixture(scope="module")

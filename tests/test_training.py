@@ -20,8 +20,14 @@ from PIL import Image
 
 from uiaa_cli.errors import UiaaError
 from uiaa_cli.losses import LOSSES, loss_function
-from uiaa_cli.models import CHECKPOINT_FORMAT, build_model, load_checkpoint, save_checkpoint, start_linear_head_at
-from uiaa_cli.tables import read_table
+from uiaa_cli.models.networks import (
+    CHECKPOINT_FORMAT,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+    start_linear_head_at,
+)
+from uiaa_cli.tables.table import read_table
 
 FAST = ["--arch", "resnet18", "--weights", "none", "--size", "32", "--device", "cpu", "--workers", "0",
         "--batch-size", "16"]

@@ -16,8 +16,8 @@ import numpy as np
 
 from uiaa_cli import metrics
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.labels import bin_name, probability_columns, rsd_columns, table_bins, table_threshold
-from uiaa_cli.tables import Table
+from uiaa_cli.tables.table import Table
+from uiaa_cli.targets.labels import bin_name, probability_columns, rsd_columns, table_bins, table_threshold
 
 HEAD_COLUMNS = ("kind", "activation")
 LINEAR_LOSSES = ("mse", "huber")

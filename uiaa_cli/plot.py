@@ -15,7 +15,7 @@ IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"
 
 def plot_format(path: str | Path) -> str:
     """Pillow's format for the plot's extension (PNG for a device or pipe); an unknown one is an error."""
-    from uiaa_cli.outputs import is_special
+    from uiaa_cli.tables.outputs import is_special
 
     suffix = Path(path).suffix.lower()
     if suffix in IMAGE_FORMATS:
@@ -30,8 +30,8 @@ def scatter_png(result: Any, predictions: Any, labels: Any, path: Path, size: in
     """Predicted score (y) against mean vote (x) on the labels' scale, with the diagonal and SRCC."""
     from PIL import Image, ImageDraw
 
-    from uiaa_cli.labels import table_bins
-    from uiaa_cli.outputs import atomic_output
+    from uiaa_cli.tables.outputs import atomic_output
+    from uiaa_cli.targets.labels import table_bins
 
     pi, li = result.rows  # the rows evaluate joined (by path, or by file stem)
     x = labels.matrix(["mean"])[li, 0]

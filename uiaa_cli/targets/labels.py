@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from uiaa_cli.errors import UiaaError
-from uiaa_cli.tables import Table
+from uiaa_cli.tables.table import Table
 
 KINDS = ("binary", "soft", "rsd", "gauss-nv", "gauss-mv")
 TWO_SET_KINDS = ("binary", "soft")
@@ -225,7 +225,7 @@ def read_id_list(path: str) -> np.ndarray:
     - an HDF5 table or cache with such columns.
     """
     from uiaa_cli.errors import at
-    from uiaa_cli.tables import is_hdf5, parse_delimited, read_bytes, read_table
+    from uiaa_cli.tables.table import is_hdf5, parse_delimited, read_bytes, read_table
 
     if path != "-" and is_hdf5(path):
         table = read_table(path)

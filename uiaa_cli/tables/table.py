@@ -5,8 +5,8 @@ provenance). CSV and TSV are plain (the header is the first line, so every CSV r
 with default options) and carry no attributes: everything a command needs is in the column names.
 Parquet keeps the attributes as schema metadata (key ``uiaa``, JSON), HDF5 as attributes of the
 table's group. Files written by older versions with a ``# uiaa: {json}`` first line still read.
-Inputs are recognised by content first (:mod:`uiaa_cli.formats`), outputs by extension or ``--to``;
-writing goes through :mod:`uiaa_cli.outputs` (temporary name and rename, devices written through).
+Inputs are recognised by content first (:mod:`uiaa_cli.tables.formats`), outputs by extension or ``--to``;
+writing goes through :mod:`uiaa_cli.tables.outputs` (temporary name and rename, devices written through).
 
 Built on pyarrow's CSV engine: pandas' ``to_csv`` takes ~12 s for 255k x 24 floats, arrow ~0.5 s.
 pyarrow is imported so as never to pull in pandas (``pa.array`` would), keeping start-up fast.
@@ -90,7 +90,7 @@ def table_format(path: str | os.PathLike, fmt: str | None = None) -> str:
     suffix = Path(str(path)).suffix.lower()
     if suffix in EXTENSIONS:
         return EXTENSIONS[suffix]
-    from uiaa_cli.outputs import is_special
+    from uiaa_cli.tables.outputs import is_special
 
     if str(path) == "-" or is_special(path):
         return "csv"
@@ -100,7 +100,7 @@ def table_format(path: str | os.PathLike, fmt: str | None = None) -> str:
 
 def is_hdf5(path: str | os.PathLike) -> bool:
     """True for a file that starts with the HDF5 signature."""
-    from uiaa_cli.formats import read_head, sniff
+    from uiaa_cli.tables.formats import read_head, sniff
 
     return sniff(read_head(str(path))) == "h5"
 
@@ -125,7 +125,7 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 def read_table(path: str | os.PathLike, fmt: str | None = None, *, data: bytes | None = None) -> Table:
     """Read a uiaa table: HDF5 and Parquet by their signatures, else text (CSV/TSV, delimiter sniffed
     unless the name or ``fmt`` says TSV or CSV)."""
-    from uiaa_cli.formats import read_head, sniff
+    from uiaa_cli.tables.formats import read_head, sniff
 
     path = str(path)
     kind = sniff(data[:8] if data is not None else read_head(path))
@@ -176,7 +176,7 @@ def parse_delimited(data: bytes, path: str, delimiter: str | None = None) -> Tab
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    from uiaa_cli.formats import check_text
+    from uiaa_cli.tables.formats import check_text
 
     attrs: dict[str, Any] = {}
     skip = 0
@@ -312,9 +312,9 @@ def from_h5_attr(value: Any) -> Any:
 
 
 def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:
-    """The old name of :func:`uiaa_cli.outputs.atomic_output`, which also creates missing parent
+    """The old name of :func:`uiaa_cli.tables.outputs.atomic_output`, which also creates missing parent
     folders (a run's or a model's own folders); a user's output path goes through ``check_output``."""
-    from uiaa_cli.outputs import atomic_output
+    from uiaa_cli.tables.outputs import atomic_output
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return atomic_output(path)
@@ -377,7 +377,7 @@ class TableWriter:
 
     def __enter__(self) -> TableWriter:
         if self.path != "-":
-            from uiaa_cli.outputs import atomic_output
+            from uiaa_cli.tables.outputs import atomic_output
 
             self._atomic = atomic_output(self.path, seekable=self.fmt == "h5")
             tmp = self._atomic.__enter__()
@@ -477,7 +477,7 @@ class TableWriter:
             self._atomic.__exit__(type(failure) if failure else None, failure, None)
         if late is not None and exc is None:
             if isinstance(late, OSError) and self.path == "-":
-                from uiaa_cli.outputs import WRITE_ERRNOS, write_error
+                from uiaa_cli.tables.outputs import WRITE_ERRNOS, write_error
 
                 if late.errno in WRITE_ERRNOS:
                     raise write_error(late, self.path) from None

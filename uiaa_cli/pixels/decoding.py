@@ -1,6 +1,6 @@
 """Decode batches of inputs in worker processes, ahead of the model, in order; no torch needed.
 
-``decoded_batches(inputs, ...)`` cuts an iterator of :class:`uiaa_cli.inputs.Input` into batches
+``decoded_batches(inputs, ...)`` cuts an iterator of :class:`uiaa_cli.predict.inputs.Input` into batches
 and hands each to a pool of forked worker processes, keeping at most ``ahead`` batches in flight
 (memory stays flat however many inputs there are), and yields them back in input order as
 :class:`Decoded`: the batch's inputs, the uint8 pixels ``(k, S, S, 3)`` of those that decoded, and
@@ -11,7 +11,7 @@ process.
 The workers resize with Pillow whatever the engine (``images.resize_without_torch``): both engines
 see the same pixels, and the ONNX path never imports torch.
 
-The workers are :mod:`uiaa_cli.workers`'s, as ``cache``'s are.
+The workers are :mod:`uiaa_cli.pixels.workers`'s, as ``cache``'s are.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from uiaa_cli import images
 from uiaa_cli.errors import UiaaError
-from uiaa_cli.inputs import Input
-from uiaa_cli.workers import start_pool
+from uiaa_cli.pixels import images
+from uiaa_cli.pixels.workers import start_pool
+from uiaa_cli.predict.inputs import Input
 
 if TYPE_CHECKING:
-    from uiaa_cli.cache import CacheReader
+    from uiaa_cli.pixels.cache import CacheReader
 
 _SIZE = 0
 _CACHES: dict[str, CacheReader] = {}  # cache path -> CacheReader, opened once per process
@@ -150,7 +150,7 @@ def _cache(path: str) -> CacheReader:
     """The CacheReader of ``path``, opened once per process."""
     reader = _CACHES.get(path)
     if reader is None:
-        from uiaa_cli.cache import CacheReader
+        from uiaa_cli.pixels.cache import CacheReader
 
         reader = _CACHES[path] = CacheReader(path)
     return reader

@@ -198,7 +198,7 @@ def quantize(fp32: str | os.PathLike, target: str | os.PathLike, pixels: np.ndar
     when there are fewer than both). ``options`` override the quantizer's settings (for the
     benchmarks).
     """
-    from uiaa_cli.tables import atomic_path
+    from uiaa_cli.tables.table import atomic_path
 
     calibrate, check = split_calibration(len(pixels), calibration, held_back)
     config = model_config(fp32)
@@ -334,8 +334,8 @@ def calibration_pixels(data: str, size: int, images: str | None = None,
     """Up to ``count`` images of ``data`` (a folder, a cache, or a labels table whose images are
     under ``images``), spread evenly over it, as uint8 ``(N, size, size, 3)`` made as predict makes
     them. Images that cannot be read are left out."""
-    from uiaa_cli.cache import is_cache
-    from uiaa_cli.images import decode_image, image_table, list_images, resolve_image
+    from uiaa_cli.pixels.cache import is_cache
+    from uiaa_cli.pixels.images import decode_image, image_table, list_images, resolve_image
 
     path = Path(data)
     if path.is_dir():
@@ -344,7 +344,7 @@ def calibration_pixels(data: str, size: int, images: str | None = None,
     if not path.is_file():
         raise UiaaError("no such file or folder of calibration images", where=at(data))
     if is_cache(path):
-        from uiaa_cli.cache import CacheReader
+        from uiaa_cli.pixels.cache import CacheReader
 
         with CacheReader(path) as reader:
             if reader.size != size:
@@ -365,7 +365,7 @@ def spread(items: Any, count: int) -> list:
 
 def decode_some(names: list[str], decode: Any, size: int) -> np.ndarray:
     """The images that decode (the others are left out: calibration needs many, not all)."""
-    from uiaa_cli.images import ImageError
+    from uiaa_cli.pixels.images import ImageError
 
     out = []
     for name in names:
@@ -391,7 +391,7 @@ def convert_int8(source: str, target: str, calibrate: str, images: str | None = 
         if Path(source).suffix.lower() == ".onnx":
             fp32 = Path(source)
         else:
-            from uiaa_cli.export import export_model  # imports torch: only for checkpoints
+            from uiaa_cli.models.export import export_model  # imports torch: only for checkpoints
 
             fp32 = Path(tmp) / "fp32.onnx"
             export_model(source, str(fp32))
@@ -417,7 +417,7 @@ def open_engine(model: str | None, engine: str = "auto", device: str = "auto", *
 
     ``calibration`` gives the images a checkpoint is calibrated on when it has no int8 graph yet.
     """
-    from uiaa_cli import engines
+    from uiaa_cli.models import engines
 
     note = note or engines.stderr_note
     if precision not in (None, *PRECISIONS):
@@ -439,7 +439,7 @@ def open_engine(model: str | None, engine: str = "auto", device: str = "auto", *
 
 def model_precision(path: Path) -> str:
     """``fp32`` or ``int8``, as recorded in an ONNX model's ``uiaa_config`` (read from its metadata only)."""
-    from uiaa_cli.engines import onnx_metadata
+    from uiaa_cli.models.engines import onnx_metadata
 
     try:
         return str(json.loads(onnx_metadata(path).get("uiaa_config") or "{}").get("precision", "fp32"))
@@ -497,8 +497,8 @@ def input_pixels(arguments: list[str], size: int, images: str | None) -> np.ndar
     """The first inputs' pixels, decoded as predict decodes them (those that fail are left out)."""
     import itertools
 
-    from uiaa_cli.decoding import load
-    from uiaa_cli.inputs import open_inputs
+    from uiaa_cli.pixels.decoding import load
+    from uiaa_cli.predict.inputs import open_inputs
 
     pixels = []
     for item in itertools.islice(open_inputs(arguments, size, images), CALIBRATION_IMAGES + HELD_BACK_IMAGES):
@@ -514,8 +514,8 @@ def quantized_graph(checkpoint: Path, calibration: Calibration | None, note: Cal
     (``engines.exported_graph``): ``.NAME.int8.onnx`` beside it, else ``<sha256>.int8.onnx`` in the
     user's cache folder; reused while the checkpoint's hash matches (the int8 graph carries the fp32
     graph's ``uiaa_source``)."""
-    from uiaa_cli import engines
-    from uiaa_cli.export import checkpoint_source, file_stat
+    from uiaa_cli.models import engines
+    from uiaa_cli.models.export import checkpoint_source, file_stat
 
     beside = checkpoint.with_name(f".{checkpoint.name}.int8.onnx")
     source: dict[str, Any] | None = None

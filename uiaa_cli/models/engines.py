@@ -36,11 +36,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from uiaa_cli import export
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.export import CONFIG_KEY, SOURCE_KEY, ExportUnavailable, checkpoint_source, file_stat
 from uiaa_cli.metrics import predicted_score
-from uiaa_cli.workers import available_cores
+from uiaa_cli.models import export
+from uiaa_cli.models.export import CONFIG_KEY, SOURCE_KEY, ExportUnavailable, checkpoint_source, file_stat
+from uiaa_cli.pixels.workers import available_cores
 
 ENGINES = ("auto", "onnx", "torch")
 NO_MODEL = ("no model: give --model FILE, set UIAA_MODEL, or train one with "
@@ -480,7 +480,7 @@ class TorchEngine:
         except ImportError as e:
             raise UiaaError(f"the torch engine needs torch ({e}); or run an exported .onnx model") from None
 
-        from uiaa_cli.models import load_scorer
+        from uiaa_cli.models.networks import load_scorer
 
         dev = pick_device(device)
         if threads is not None:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from uiaa_cli.cache import is_cache
-from uiaa_cli.images import image_table
-from uiaa_cli.tables import Table
+from uiaa_cli.pixels.cache import is_cache
+from uiaa_cli.pixels.images import image_table
+from uiaa_cli.tables.table import Table
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, *, shuffle: bool = True, rank: int = 0,
@@ -115,7 +115,7 @@ class CacheSource(Source):
     """
 
     def __init__(self, path: str, pin_memory: bool = False, workers: int = 0) -> None:
-        from uiaa_cli.cache import CacheReader
+        from uiaa_cli.pixels.cache import CacheReader
 
         self.reader = CacheReader(path)
         self.reader.__enter__()
@@ -188,7 +188,7 @@ class DecodedImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, str]:
         """The pixels and "" , or zeros and the reason the image could not be used."""
         from uiaa_cli.errors import UiaaError
-        from uiaa_cli.images import ImageError, decode_image, resolve_image
+        from uiaa_cli.pixels.images import ImageError, decode_image, resolve_image
 
         try:
             pixels = decode_image(resolve_image(self.root, str(self.names[i])), self.size)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from uiaa_cli import images
+from uiaa_cli.pixels import images
 
 CAN_FORK = "fork" in mp.get_all_start_methods()
 

@@ -1,6 +1,6 @@
 """Man pages (roff) generated from the command objects that also make ``--help``, so they never drift.
 
-    python -m uiaa_cli.manpages man        # writes man/uiaa.1 and man/uiaa-<command>.1 (make man)
+    python -m uiaa_cli.cli.manpages man        # writes man/uiaa.1 and man/uiaa-<command>.1 (make man)
     man ./man/uiaa-labels.1
 
 Every command's summary, description, arguments, options (with their defaults) and examples come

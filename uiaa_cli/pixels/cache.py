@@ -61,12 +61,12 @@ from typing import Any
 
 import numpy as np
 
-from uiaa_cli import images
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.formats import file_sha256
-from uiaa_cli.labels import check_label_values
-from uiaa_cli.tables import TABLE_GROUP, Table, is_hdf5, read_table, write_h5_group
-from uiaa_cli.workers import CAN_FORK, available_cores, start_pool
+from uiaa_cli.pixels import images
+from uiaa_cli.pixels.workers import CAN_FORK, available_cores, start_pool
+from uiaa_cli.tables.formats import file_sha256
+from uiaa_cli.tables.table import TABLE_GROUP, Table, is_hdf5, read_table, write_h5_group
+from uiaa_cli.targets.labels import check_label_values
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet, what torchvision's pretrained weights expect
 STD = (0.229, 0.224, 0.225)

@@ -1,12 +1,12 @@
 """``uiaa predict``: inputs -> decoded batches -> engine -> output, streaming at any size.
 
-- Inputs: :mod:`uiaa_cli.inputs` (files, folders, ``-``, tar shards, tables, caches), produced
+- Inputs: :mod:`uiaa_cli.predict.inputs` (files, folders, ``-``, tar shards, tables, caches), produced
   lazily; ``--shard K/N`` keeps the inputs at positions ``K mod N`` (:func:`inputs.select_shard`).
-- Decoding: :mod:`uiaa_cli.decoding`, worker processes a few batches ahead, in order.
+- Decoding: :mod:`uiaa_cli.pixels.decoding`, worker processes a few batches ahead, in order.
 - Scoring: an engine (``engines.open_engine``): uint8 pixels in, score and memberships out.
 - Output, as each batch finishes: ``path<TAB>score`` lines on stdout (names with tabs, newlines or
   backslashes escaped as ``\\t``, ``\\n``, ``\\\\``); ``-o -`` or a device/pipe: the table streamed;
-  ``-o FILE``: the table built in committed parts in ``FILE.partial/`` (:mod:`uiaa_cli.parts`)
+  ``-o FILE``: the table built in committed parts in ``FILE.partial/`` (:mod:`uiaa_cli.tables.parts`)
   and joined into FILE at the end, so ``--resume`` continues a run stopped by Ctrl-C or ``kill -9``.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) rank R of W scores every W-th input (of its ``--shard``);
@@ -30,9 +30,9 @@ import numpy as np
 
 from uiaa_cli.errors import UiaaError
 from uiaa_cli.evaluation import HEAD_COLUMNS, head_record
-from uiaa_cli.formats import file_sha256
-from uiaa_cli.inputs import Input, open_inputs, parse_shard, select_shard
-from uiaa_cli.tables import Table
+from uiaa_cli.predict.inputs import Input, open_inputs, parse_shard, select_shard
+from uiaa_cli.tables.formats import file_sha256
+from uiaa_cli.tables.table import Table
 
 COMMIT_SECONDS = float(os.environ.get("UIAA_COMMIT_SECONDS", 2.0))  # a kill loses at most this much work
 COMMIT_ROWS = 100_000
@@ -64,7 +64,7 @@ def run_predict(arguments: list[str], *, model: str | None, output: str | None, 
         raise UiaaError("--workers must be 0 or more")
     k, n = parse_shard(shard)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    from uiaa_cli.outputs import is_special
+    from uiaa_cli.tables.outputs import is_special
 
     to_file = output not in (None, "-") and not is_special(output)
     if resume and not to_file:
@@ -72,10 +72,10 @@ def run_predict(arguments: list[str], *, model: str | None, output: str | None, 
     if world > 1 and output is not None and not to_file:
         raise UiaaError("under torchrun, -o must be a file (each rank writes a part, rank 0 joins them)")
     if output is not None:
-        from uiaa_cli.tables import table_format
+        from uiaa_cli.tables.table import table_format
 
         table_format(output, fmt)  # an unknown extension is an error before any work (cli checks the path)
-    from uiaa_cli.quantize import calibration_for, open_engine  # engines.open_engine, with int8
+    from uiaa_cli.models.quantize import calibration_for, open_engine  # engines.open_engine, with int8
 
     scorer = open_engine(model, engine, device, precision=precision,
                          calibration=calibration_for(arguments, images, calibrate, precision), note=note)
@@ -124,7 +124,7 @@ def run_predict(arguments: list[str], *, model: str | None, output: str | None, 
             result = finish_distributed(result, output if to_file else None, fmt, attrs, columns, rank, world)
         elif to_file:
             assert isinstance(sink, PartsSink)
-            from uiaa_cli import parts
+            from uiaa_cli.tables import parts
 
             with parts.kept_for_resume():
                 parts.join([sink.partial], str(output), fmt, attrs, empty_rows(columns))
@@ -136,8 +136,8 @@ def score_all(scorer: Any, items: Iterator[Input], sink: Sink, columns: list[str
               size: int, batch_size: int,
               workers: int, progress: bool, inputs: Any) -> PredictResult:
     """Decode, score and write every input of ``items``; failures are one line each on stderr."""
-    from uiaa_cli.decoding import decoded_batches
     from uiaa_cli.metrics import predicted_score
+    from uiaa_cli.pixels.decoding import decoded_batches
 
     bins = np.asarray(scorer.config["bins"], dtype=np.float64)
     names = hashlib.sha256()
@@ -282,7 +282,7 @@ class TableSink(Sink):
     """The table streamed to stdout (``-o -``) or written through to a device or named pipe."""
 
     def __init__(self, output: str, fmt: str | None, attrs: dict[str, Any]) -> None:
-        from uiaa_cli.tables import TableWriter
+        from uiaa_cli.tables.table import TableWriter
 
         self.writer = TableWriter(output, fmt).__enter__()
         self.attrs = attrs
@@ -290,7 +290,7 @@ class TableSink(Sink):
         self.reported: set[str] = set()
 
     def write(self, rows: Table) -> None:
-        from uiaa_cli.parts import without_index
+        from uiaa_cli.tables.parts import without_index
 
         self.writer.write(without_index(utf8_names(rows, self.reported), self.attrs))
         self.started = True
@@ -304,10 +304,10 @@ class TableSink(Sink):
 
 
 class PartsSink(Sink):
-    """Rows committed to ``OUTPUT.partial/`` every few seconds (see :mod:`uiaa_cli.parts`)."""
+    """Rows committed to ``OUTPUT.partial/`` every few seconds (see :mod:`uiaa_cli.tables.parts`)."""
 
     def __init__(self, output: str, identity: dict[str, Any], resume: bool, attrs: dict[str, Any]) -> None:
-        from uiaa_cli.parts import PartialTable, partial_path
+        from uiaa_cli.tables.parts import PartialTable, partial_path
 
         self.partial = PartialTable.start(partial_path(output), identity, resume)
         self.done, self.failed, self.carried = self.partial.done, self.partial.failed, self.partial.rows
@@ -387,7 +387,7 @@ def finish_distributed(result: PredictResult, output: str | None, fmt: str | Non
     dist.all_reduce(counts)  # also the barrier: every rank has finished its part
     try:
         if rank == 0 and output is not None:
-            from uiaa_cli import parts
+            from uiaa_cli.tables import parts
 
             partials = [parts.PartialTable(parts.partial_path(f"{output}.rank-{r}-of-{world}"),
                                            parts.read_manifest(parts.partial_path(f"{output}.rank-{r}-of-{world}")))
@@ -412,7 +412,7 @@ def output_lock(path: str | None) -> Any:
     """The lock on building ``path`` (None: nothing to lock)."""
     if path is None:
         return contextlib.nullcontext()
-    from uiaa_cli.outputs import output_lock as lock
+    from uiaa_cli.tables.outputs import output_lock as lock
 
     return lock(path)
 

@@ -254,7 +254,7 @@ def image_table(path: str, images: str | os.PathLike | None) -> tuple[Any, Path]
     before any work, not one "no such image" line per image.
     """
     from uiaa_cli.errors import at
-    from uiaa_cli.tables import read_table
+    from uiaa_cli.tables.table import read_table
 
     table = read_table(path)
     if "image" not in table:

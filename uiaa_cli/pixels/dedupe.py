@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.tables import Table
+from uiaa_cli.tables.table import Table
 
 HASH_SIDE = 32  # the grey thumbnail the DCT sees
 LOW = 8  # the LOW x LOW lowest frequencies (less the DC term) make the hash
@@ -209,7 +209,7 @@ class Hashed:
 def hash_input(path: str, images: str | None = None, workers: int | None = None) -> Hashed:
     """Features of every image of a cache (its stored pixels) or of a labels table (decoded from
     ``images``, default the table's folder)."""
-    from uiaa_cli.cache import is_cache
+    from uiaa_cli.pixels.cache import is_cache
 
     if is_cache(path):
         return hash_cache(path)
@@ -218,7 +218,7 @@ def hash_input(path: str, images: str | None = None, workers: int | None = None)
 
 def hash_cache(path: str, batch: int = BATCH) -> Hashed:
     """Features of a cache's pixels, read ``batch`` images at a time (memory flat)."""
-    from uiaa_cli.cache import CacheReader
+    from uiaa_cli.pixels.cache import CacheReader
 
     with CacheReader(path) as reader:
         names = np.asarray(reader.table["image"]).astype(str)
@@ -241,7 +241,7 @@ def _init_decoder(root: str) -> None:
 
 def _hash_names(names: list[str]) -> tuple[Features, list[tuple[int, str]]]:
     """Features of the images ``names`` (zeros where one failed) and (position, reason) of failures."""
-    from uiaa_cli.images import decode_image, resolve_image
+    from uiaa_cli.pixels.images import decode_image, resolve_image
 
     pixels = np.zeros((len(names), DECODE_SIDE, DECODE_SIDE, 3), dtype=np.uint8)
     failed: list[tuple[int, str]] = []
@@ -259,7 +259,7 @@ def hash_table(path: str, images: str | None, workers: int | None = None, batch:
     """Features of a labels table's images, decoded by ``workers`` processes."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from uiaa_cli.images import image_table
+    from uiaa_cli.pixels.images import image_table
 
     table, root = image_table(path, images)
     names = np.asarray(table["image"]).astype(str)

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.outputs import atomic_output
+from uiaa_cli.tables.outputs import atomic_output
 
 if TYPE_CHECKING:
     import torch
 
-    from uiaa_cli.models import Scorer
+    from uiaa_cli.models.networks import Scorer
 
 EXPORT_SUFFIXES = {".ts": "torchscript", ".torchscript": "torchscript", ".onnx": "onnx"}
 CONFIG_NAME = "uiaa_config.json"
@@ -57,7 +57,7 @@ def export_model(checkpoint: str | os.PathLike, target: str | os.PathLike, fmt: 
     is then one error line, not a note that an export began followed by the error)."""
     import torch
 
-    from uiaa_cli.models import load_scorer
+    from uiaa_cli.models.networks import load_scorer
 
     fmt = fmt or export_format(str(target))
     if fmt == "onnx":
@@ -80,7 +80,7 @@ def export_model(checkpoint: str | os.PathLike, target: str | os.PathLike, fmt: 
 def checkpoint_source(path: str | os.PathLike) -> dict[str, Any]:
     """What identifies a checkpoint's content: its SHA-256, and its file's stat (size, mtime, ctime,
     inode), which lets a reader skip re-hashing a file that has not been touched since."""
-    from uiaa_cli.formats import file_sha256
+    from uiaa_cli.tables.formats import file_sha256
 
     with open(path, "rb") as f:
         before = os.fstat(f.fileno())  # the stat of the very file hashed, even if renamed over meanwhile

@@ -22,7 +22,7 @@ An input argument is one of:
 
 Each input becomes an :class:`Input` with its position in the whole sequence (``index``, what
 ``--shard K/N`` and ``--resume`` count with) and a ``source`` that a decoding worker turns into
-pixels (:func:`uiaa_cli.decoding.load`). Arguments are checked up front (a missing table column, a
+pixels (:func:`uiaa_cli.pixels.decoding.load`). Arguments are checked up front (a missing table column, a
 cache of the wrong size, an empty folder are one-line errors before any work); the inputs
 themselves are produced lazily, so memory does not grow with their number.
 """
@@ -123,7 +123,7 @@ def input_kind(item: str) -> str:
         return "folder"
     if not stat.S_ISREG(mode):
         return "image"  # a pipe, socket or device: refused by the decoder without opening it
-    from uiaa_cli.formats import read_head, sniff
+    from uiaa_cli.tables.formats import read_head, sniff
 
     suffix = Path(item).suffix.lower()
     if suffix in TAR_SUFFIXES:
@@ -152,7 +152,7 @@ def stdin_paths(stream: TextIO) -> Iterator[tuple[str, str, tuple]]:
 
 
 def folder_images(folder: str) -> Callable[[], Iterator[tuple[str, str, tuple]]]:
-    from uiaa_cli.images import iter_images
+    from uiaa_cli.pixels.images import iter_images
 
     if next(iter_images(folder), None) is None:
         raise UiaaError("no images in this folder", where=at(folder))
@@ -167,7 +167,7 @@ def tar_samples(path: str) -> Iterator[tuple[str, str, tuple]]:
     """
     import tarfile
 
-    from uiaa_cli.images import readable_extensions
+    from uiaa_cli.pixels.images import readable_extensions
 
     extensions = readable_extensions()
     key: str | None = None
@@ -216,10 +216,10 @@ def reason(e: BaseException) -> str:
 
 def table_inputs(path: str, size: int, images: str | None) -> Callable[[], Iterator[tuple[str, str, tuple]]]:
     """A cache, a labels table or a table of paths (see the module doc), checked now."""
-    from uiaa_cli.cache import is_cache
+    from uiaa_cli.pixels.cache import is_cache
 
     if is_cache(path):
-        from uiaa_cli.cache import CacheReader
+        from uiaa_cli.pixels.cache import CacheReader
 
         with CacheReader(path) as reader:
             if reader.size != size:
@@ -230,7 +230,7 @@ def table_inputs(path: str, size: int, images: str | None) -> Callable[[], Itera
         return lambda: ((name, "", ("cache", path, row)) for row, name in enumerate(names.tolist()))
     columns = table_columns(path)
     if is_labels_table(columns):
-        from uiaa_cli.images import image_table
+        from uiaa_cli.pixels.images import image_table
 
         table, root = image_table(path, images)
         names = table["image"].astype(str)
@@ -271,7 +271,7 @@ def table_columns(path: str) -> list[str]:
 
             return list(pq.ParquetFile(path).schema_arrow.names)
         if kind == "h5":
-            from uiaa_cli.tables import read_table
+            from uiaa_cli.tables.table import read_table
 
             return read_table(path).names
         with open(path, "rb") as f:
@@ -288,7 +288,7 @@ def table_columns(path: str) -> list[str]:
 
 def table_kind(path: str) -> str:
     """``h5`` or ``parquet`` by content, else ``tsv`` or ``csv`` by name."""
-    from uiaa_cli.formats import read_head, sniff
+    from uiaa_cli.tables.formats import read_head, sniff
 
     kind = sniff(read_head(path))
     if kind != "text":
@@ -337,7 +337,7 @@ def table_column_blocks(path: str, column: str) -> Iterator[list[str]]:
                 convert_options=pacsv.ConvertOptions(include_columns=[column], column_types={column: pa.string()},
                                                      strings_can_be_null=False))
         else:  # HDF5: read whole (uiaa's own tables; their writer keeps them modest)
-            from uiaa_cli.tables import read_table
+            from uiaa_cli.tables.table import read_table
 
             yield [str(v) for v in read_table(path)[column].tolist()]
             return

@@ -15,8 +15,8 @@ from typing import BinaryIO
 import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.formats import check_text, sniff
-from uiaa_cli.tables import Table, read_table
+from uiaa_cli.tables.formats import check_text, sniff
+from uiaa_cli.tables.table import Table, read_table
 
 SOURCE_FORMATS = ("ava", "counts", "koniq", "long")
 CHUNK_BYTES = 1 << 20  # ~21,000 AVA lines a chunk

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.outputs import atomic_output
-from uiaa_cli.tables import Table, TableWriter
+from uiaa_cli.tables.outputs import atomic_output
+from uiaa_cli.tables.table import Table, TableWriter
 
 FORMAT = "uiaa-predict-partial-2"  # 1: Parquet parts
 MANIFEST = "manifest.json"

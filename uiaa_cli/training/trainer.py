@@ -39,22 +39,9 @@ import torch
 from torch import nn
 
 from uiaa_cli import metrics
-from uiaa_cli.data import CacheSource, Normalise, Source, epoch_batches, flip_mask, open_source
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.labels import (
-    TWO_SET_KINDS,
-    LabelSettings,
-    check_label_values,
-    make_targets,
-    probability_columns,
-    rsd_columns,
-    table_bins,
-    table_kind,
-    table_threshold,
-    target_columns,
-)
 from uiaa_cli.losses import LOSSES, activate, loss_function
-from uiaa_cli.models import (
+from uiaa_cli.models.networks import (
     ARCHS,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -66,8 +53,21 @@ from uiaa_cli.models import (
     save_checkpoint,
     start_linear_head_at,
 )
-from uiaa_cli.outputs import check_output_folder, output_lock
-from uiaa_cli.tables import Table
+from uiaa_cli.tables.outputs import check_output_folder, output_lock
+from uiaa_cli.tables.table import Table
+from uiaa_cli.targets.labels import (
+    TWO_SET_KINDS,
+    LabelSettings,
+    check_label_values,
+    make_targets,
+    probability_columns,
+    rsd_columns,
+    table_bins,
+    table_kind,
+    table_threshold,
+    target_columns,
+)
+from uiaa_cli.training.data import CacheSource, Normalise, Source, epoch_batches, flip_mask, open_source
 
 STOP_AFTER_STEPS = "UIAA_STOP_AFTER_STEPS"  # test hook: behave as if Ctrl-C came after N steps
 
@@ -478,7 +478,7 @@ def point_latest(out: Path) -> None:
 
 
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    from uiaa_cli.tables import write_table
+    from uiaa_cli.tables.table import write_table
 
     names = list(history[0])
     columns = {n: np.array([np.nan if r.get(n) is None else r[n] for r in history], dtype=np.float64)

@@ -1,0 +1,110 @@
+"""``uiaa predict``: score images with a trained model."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from uiaa_cli.cli.handling import handled, say
+from uiaa_cli.cli.options import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    Debug,
+    EngineName,
+    Precision,
+    Quiet,
+    TableFormat,
+)
+from uiaa_cli.errors import UiaaError
+
+EPILOG = """Examples:
+
+  uiaa predict photos/ | sort -k2               # rank a folder, best last
+
+  uiaa predict photos/ | sort -k2 -g | tail -5  # the five best
+
+  find . -name '*.jpg' | uiaa predict - -m model.pt
+
+  uiaa predict test.csv --images ava/images -o preds.csv
+
+  uiaa evaluate preds.csv test.csv
+
+  uiaa predict test.h5 -o preds.h5              # a cache: its stored pixels
+
+  uiaa predict shards/*.tar -o scores.parquet   # WebDataset shards: rows keyed by __key__ and shard
+
+  uiaa predict paths.parquet -o scores.parquet --resume   # continue after Ctrl-C or kill -9
+
+  uiaa predict shards/*.tar --shard $SLURM_ARRAY_TASK_ID/8 -o part$SLURM_ARRAY_TASK_ID.parquet
+
+  uiaa convert part*.parquet all.parquet        # join the 8 jobs' parts
+
+  torchrun --nproc-per-node 4 -m uiaa_cli predict photos/ -o preds.csv
+
+  uiaa predict photos/ -m best.pt --precision int8   # int8 on a CPU: quantized once, kept beside best.pt
+"""
+def predict(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        metavar="INPUTS", help="Image files, folders (recursive), - for a list of paths on stdin, WebDataset "
+                                  "tar shards, a labels table or cache (its images), or a table with a column "
+                                  "of paths (path, image, file, filepath; .csv, .tsv, .parquet, .h5).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A checkpoint (or a run folder). Default: "
+                                                  "$UIAA_MODEL, else the newest under ./runs.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write a table (.csv, .tsv, .parquet, "
+                                                   ".h5) with a header: image, [shard,] score, std, p_*. "
+                                                   "Default: path<TAB>score lines on stdout.")] = None,
+    to: Annotated[Optional[TableFormat], typer.Option(help="Format of -o (default: by extension).")] = None,
+    images: Annotated[Optional[str], typer.Option(help="Folder of a table's images (default: the table's "
+                                                       "folder).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    engine: Annotated[EngineName, typer.Option(help="auto: ONNX Runtime on CPU (the checkpoint exported once, "
+                                                     "kept beside it), torch on CUDA/MPS.")] = EngineName.auto,
+    precision: Annotated[Optional[Precision], typer.Option(help="int8: the checkpoint quantized for the CPU (once, "
+                                                              "calibrated on the inputs or --calibrate; about 2x "
+                                                              "faster). Default: the model's own.")] = None,
+    calibrate: Annotated[Optional[str], typer.Option(metavar="DATA", help="Images to calibrate --precision int8 on "
+                                                     "(folder, cache, labels table); quantizes anew.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.", callback=AT_LEAST_1)] = 32,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: min(4, cores); 0 "
+                                                        "decodes in the main process).", callback=AT_LEAST_0)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run of the same command "
+                                                          "(-o FILE; its parts are in FILE.partial/).")] = False,
+    shard: Annotated[Optional[str], typer.Option(help="K/N: score only job K's share of the inputs (those at "
+                                                      "positions K modulo N; K counts from 0), so N jobs score "
+                                                      "each input once.")] = None,
+    progress: Annotated[bool, typer.Option("--progress", help="Show a progress bar even when stderr is not a "
+                                                              "terminal.")] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Score images with a trained model: one line per image, or a table with -o.
+
+    A file that cannot be read is one line on stderr and the run goes on; the exit status is 1 if
+    any input failed, 2 for usage errors, 0 otherwise.
+    """
+    with handled("predict", quiet, debug):
+        from uiaa_cli.predict.pipeline import run_predict
+
+        if not inputs:
+            raise UiaaError("no inputs: give image files, folders, - (paths on stdin), tar shards or a table")
+        if output is not None:
+            from uiaa_cli.tables.outputs import check_output
+            from uiaa_cli.tables.table import table_format
+
+            check_output(output, inputs=[*inputs, *([model] if model else [])])
+            table_format(output, to.value if to else None)  # an unknown extension is refused before the work
+        interactive = sys.stderr.isatty() and not quiet
+        result = run_predict(inputs, model=model, output=output, fmt=to.value if to else None, images=images,
+                             device=device, batch_size=batch_size, workers=workers,
+                             progress=(interactive or progress) and not quiet, shard=shard, resume=resume,
+                             engine=engine.value, precision=precision.value if precision else None,
+                             calibrate=calibrate, note=lambda line: say(f"uiaa predict: {line}"))
+        if (interactive or progress) and os.environ.get("RANK", "0") == "0":
+            carried = f" ({result.carried:,} more by the interrupted run)" if result.carried else ""
+            say(f"uiaa predict: {result.scored:,} images scored{carried}, {result.failed:,} failed, "
+                f"{result.scored / max(result.seconds, 1e-9):.1f} images/s" + (f" -> {output}" if output else ""))
+    if result.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,135 @@
+"""``uiaa train``: fine-tune a backbone on a labels table or a cache."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from uiaa_cli.cli.handling import handled, say
+from uiaa_cli.cli.options import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    AT_LEAST_2,
+    FINITE,
+    NON_NEGATIVE,
+    PIXELS,
+    POSITIVE,
+    SHARE,
+    UNIT,
+    Debug,
+    Divisor,
+    Kind,
+    Loss,
+    Progress,
+    Quiet,
+    Select,
+    learning_rates,
+)
+
+EPILOG = """Examples:
+
+  uiaa train ava.h5 --device cuda:0            # from a cache (fast)
+
+  uiaa train labels.csv --images photos/       # decoding on the fly
+
+  uiaa train train.h5 --val test.h5 --lr 1e-3,1e-4 --out runs/mine
+
+  uiaa train small.csv --arch resnet18 --weights none --size 64 --device cpu
+
+  uiaa train ava.h5 --kind rsd                 # one cache, any kind: targets from its votes
+
+  uiaa train --resume runs/mine                # after Ctrl-C
+
+  torchrun --nproc_per_node=4 -m uiaa_cli train ava.h5    # DDP, 4 GPUs
+
+Writes metrics.csv, last.pt (resumable) and best.pt (the epoch --select picks) in --out, and points
+'latest' beside it (runs/latest by default) at the newest run; 'uiaa predict' finds runs/latest.
+The summary shows both checkpoints. One run at a time writes a folder: a second run on the same
+--out stops with an error.
+"""
+def train(
+    data: Annotated[Optional[str], typer.Argument(help="A labels table (images decoded on the fly from "
+                                                       "--images) or a cache made by 'uiaa cache'. Optional "
+                                                       "with --resume.")] = None,
+    images: Annotated[Optional[str], typer.Option(help="Folder of the images named in a labels table (default: "
+                                                       "the table's folder).")] = None,
+    arch: Annotated[str, typer.Option(help="resnet18/34/50/101/152, vgg16, vgg16_bn, efficientnet_b0, "
+                                           "convnext_tiny, mobilenet_v3_large.")] = "resnet50",
+    loss: Annotated[Loss, typer.Option(help="ce and emd train a softmax head, mse and huber a linear "
+                                            "one.")] = Loss.ce,
+    epochs: Annotated[int, typer.Option(help="Passes over the training images.", callback=AT_LEAST_1)] = 10,
+    lr: Annotated[Optional[str], typer.Option(help="START,END: per-epoch exponential decay (one value: "
+                                                   "constant). Default, END = START/10, from pretrained "
+                                                   "weights (the paper's): ce/emd 1e-3 for distributions, "
+                                                   "1e-2 for binary/soft; mse "
+                                                   "10^-2.5; huber 10^-1.5. From scratch (--weights none, "
+                                                   "measured on the example data): ce/emd 1e-2; mse, huber "
+                                                   "1e-3. VGG 10x lower.", callback=learning_rates)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step (per process under torchrun).",
+                                            callback=AT_LEAST_2)] = 32,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.", callback=NON_NEGATIVE)] = 0.9,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Default 1e-4 (ResNet), 5e-4 (VGG).",
+                                                          callback=NON_NEGATIVE)] = None,
+    size: Annotated[Optional[int], typer.Option(help="Image side in pixels, warp-resized (default: the cache's, "
+                                                     "else 384).", callback=PIXELS)] = None,
+    weights: Annotated[str, typer.Option(help="imagenet (torchvision's; downloaded once), none (from "
+                                              "scratch), or a weights/checkpoint file.")] = "imagenet",
+    val: Annotated[Optional[str], typer.Option(help="Validation labels table or cache (default: hold out "
+                                                    "--val-frac of DATA).")] = None,
+    val_frac: Annotated[float, typer.Option(help="Share of DATA held out for validation when no --val "
+                                                 "(0: none).", callback=SHARE)] = 0.1,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    workers: Annotated[Optional[int], typer.Option(help="Processes decoding images of a labels table (default: "
+                                                        "cores, at most 8).", callback=AT_LEAST_0)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the initial head, batches and flips.",
+                                      callback=AT_LEAST_0)] = 0,
+    out: Annotated[Optional[str], typer.Option(help="Run folder (default runs/<arch>-<kind>-<loss>-<time>).")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue the run in this folder with its own settings "
+                                                       "(only data paths, --device, --workers apply).")] = None,
+    kind: Annotated[Optional[Kind], typer.Option(help="Derive the targets from DATA's vote columns, as 'uiaa "
+                                                      "labels --kind' would (default: DATA's own targets). "
+                                                      "Images binary --delta leaves out do not train; "
+                                                      "validation still scores them.")] = None,
+    lam: Annotated[float, typer.Option(help="With --kind gauss-mv: var_z = min((1 - lam) var, cap).",
+                                       callback=UNIT)] = 0.5,
+    cap: Annotated[float, typer.Option(help="With --kind gauss-mv: the largest variance allowed.",
+                                       callback=POSITIVE)] = 1.5,
+    divisor: Annotated[Divisor, typer.Option(help="With a Gaussian --kind: 2var or var (the authors' "
+                                                  "code).")] = Divisor.two_var,
+    threshold: Annotated[Optional[float], typer.Option(help="With --kind binary: the threshold (default "
+                                                             "b_ceil(M/2)); also accuracy's.", callback=FINITE)] = None,
+    delta: Annotated[float, typer.Option(help="With --kind binary: leave out images with |mean - threshold| "
+                                              "< delta from training.", callback=NON_NEGATIVE)] = 0.0,
+    select: Annotated[Select, typer.Option(help="Which epoch best.pt holds: last (default: measured best on "
+                                                "held-out data, see README), loss (lowest validation loss), srcc "
+                                                "(highest validation SRCC) or smooth (SRCC averaged over 3 "
+                                                "epochs).")] = Select.last,
+    progress: Progress = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Fine-tune a ResNet/VGG on a labels table or a cache, with one loss for every kind of target."""
+    with handled("train", quiet, debug):
+        from uiaa_cli.tables.formats import require_inputs
+
+        require_inputs(data, val, resume, None if weights in ("imagenet", "none") else weights)
+        from uiaa_cli.training.trainer import Interrupted, TrainSettings, parse_lr
+        from uiaa_cli.training.trainer import train as run_training
+
+        settings = TrainSettings(
+            data=data, images=images, arch=arch, loss=loss.value, epochs=epochs, lr=parse_lr(lr) if lr else None,
+            batch_size=batch_size, momentum=momentum, weight_decay=weight_decay, size=size, weights=weights,
+            val=val, val_frac=val_frac, device=device, workers=workers, seed=seed, out=out, resume=resume,
+            progress=progress, quiet=quiet, select=select.value, kind=kind.value if kind else None, lam=lam,
+            cap=cap, divisor=divisor.value, threshold=threshold, delta=delta)
+        try:
+            folder = run_training(settings)
+        except Interrupted as e:
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+                print(f"uiaa train: {e}", file=sys.stderr, flush=True)
+            raise typer.Exit(130) from None
+        if os.environ.get("RANK", "0") == "0":
+            say(f"uiaa train: done; best model {folder / 'best.pt'}")

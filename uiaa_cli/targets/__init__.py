@@ -1,0 +1,1 @@
+"""Ratings to training targets: rating-file parsers and the unified formulation's target kinds, in numpy (no torch)."""
