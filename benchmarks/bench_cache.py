@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from uiaa_cli.pixels import images
-from uiaa_cli.pixels.cache import build_cache
+from uiaa_cli.pixels.cache_build import build_cache
 
 from _common import TreeMemory, best_of, report
 

@@ -119,7 +119,7 @@ def build(labels: Path, images: Path, out: Path, size: int, store: str, workers:
 
 def worker_costs(paths: list[Path], size: int) -> dict[str, float]:
     """ms per image, one process, of what a build's worker does: decode + resize, then each encoding."""
-    from uiaa_cli.pixels.cache import encode_pixels, parse_store
+    from uiaa_cli.pixels.cache_store import encode_pixels, parse_store
     from uiaa_cli.pixels.images import decode_image, preload
 
     preload()
@@ -183,7 +183,10 @@ def train_speeds(raw: Path, jpeg: Path, folder: Path, rounds: int) -> tuple[list
     """images/s of the real training loop (one epoch per round) from each cache, alternating."""
     import torch
 
-    from uiaa_cli.training.trainer import Dist, Reporter, StopFlag, Trainer, TrainSettings
+    from uiaa_cli.training.report import Reporter
+    from uiaa_cli.training.runtime import Dist, StopFlag
+    from uiaa_cli.training.settings import TrainSettings
+    from uiaa_cli.training.trainer import Trainer
 
     torch.set_num_threads(2)
     trainers = {}

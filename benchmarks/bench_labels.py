@@ -70,7 +70,8 @@ def writer_times(path: Path) -> dict[str, float]:
     """Seconds to write the same 255k x 24 labels table with pandas and with pyarrow."""
     import pandas as pd
 
-    from uiaa_cli.tables.table import read_table, write_table
+    from uiaa_cli.tables.table import read_table
+    from uiaa_cli.tables.writers import write_table
 
     table = read_table(path)
     frame = pd.DataFrame(table.columns)

@@ -133,7 +133,7 @@ def sweep(model: Path, size: int, threads: int) -> None:
     """ONNX Runtime's images/s by batch size and session options (forward only, in memory)."""
     import onnxruntime as ort
 
-    from uiaa_cli.models.engines import exported_graph
+    from uiaa_cli.models.graphs import exported_graph
 
     graph = exported_graph(model, note=lambda m: None)
     x = np.random.default_rng(0).integers(0, 256, (64, 3, size, size), dtype=np.uint8)

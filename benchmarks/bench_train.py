@@ -62,7 +62,10 @@ def main() -> int:
     steps, rounds = (2, 3) if args.quick else (4, 5)
     n = steps * args.batch_size
 
-    from uiaa_cli.training.trainer import Dist, Reporter, StopFlag, Trainer, TrainSettings
+    from uiaa_cli.training.report import Reporter
+    from uiaa_cli.training.runtime import Dist, StopFlag
+    from uiaa_cli.training.settings import TrainSettings
+    from uiaa_cli.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = make_cache(Path(tmp), n, args.size)

@@ -41,7 +41,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from make_examples import make_examples  # noqa: E402
 
-from uiaa_cli.tables.table import Table, read_table, write_table  # noqa: E402
+from uiaa_cli.tables.table import Table, read_table  # noqa: E402
+from uiaa_cli.tables.writers import write_table  # noqa: E402
 
 KINDS = ("binary", "soft", "rsd", "gauss-nv", "gauss-mv")
 LOSSES = ("ce", "mse", "huber", "emd")

@@ -35,8 +35,12 @@ def run(out: Path, train: Path, test: Path, loss: str, seed: int, epochs: int) -
 
     from uiaa_cli import metrics
     from uiaa_cli.losses import activate
+    from uiaa_cli.targets.table_targets import labels_of
     from uiaa_cli.training.data import open_source
-    from uiaa_cli.training.trainer import Reporter, Trainer, TrainSettings, init_distributed, labels_of
+    from uiaa_cli.training.report import Reporter
+    from uiaa_cli.training.runtime import init_distributed
+    from uiaa_cli.training.settings import TrainSettings
+    from uiaa_cli.training.trainer import Trainer
 
     class Probe(Trainer):
         def end_epoch(self, epoch: int, reporter: Reporter) -> None:
@@ -63,7 +67,7 @@ def run(out: Path, train: Path, test: Path, loss: str, seed: int, epochs: int) -
 
 
 def main() -> None:
-    from uiaa_cli.training.trainer import SELECT_RULES, best_epoch
+    from uiaa_cli.training.settings import SELECT_RULES, best_epoch
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("select"))

@@ -22,7 +22,9 @@ import pytest
 from PIL import Image
 
 from uiaa_cli.errors import UiaaError
-from uiaa_cli.pixels.cache import CacheReader, build_cache, partial_path
+from uiaa_cli.pixels.cache import CacheReader
+from uiaa_cli.pixels.cache_build import build_cache
+from uiaa_cli.pixels.cache_partial import partial_path
 from uiaa_cli.pixels.images import decode_image
 from uiaa_cli.tables.table import read_table
 
@@ -425,7 +427,9 @@ def test_resume_refuses_a_different_build(tmp_path):
         build_cache(labels, None, out, size=SIZE, resume=True, progress=False)
     partial.unlink()
     # A real partial build of size 16 cannot be resumed at another size.
-    from uiaa_cli.pixels.cache import _fingerprint, _PartialCache, parse_store
+    from uiaa_cli.pixels.cache_build import _fingerprint
+    from uiaa_cli.pixels.cache_partial import PartialCache as _PartialCache
+    from uiaa_cli.pixels.cache_store import parse_store
 
     jpeg = parse_store("jpeg")
     _PartialCache.create(partial, 3, 16, _fingerprint(np.array(names), 16, os.path.realpath(labels.parent), jpeg),

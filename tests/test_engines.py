@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, run_uiaa
 from PIL import Image
 
-from uiaa_cli.models import engines
+from uiaa_cli.models import devices, engines, graphs
 from uiaa_cli.tables.table import read_table
 
 SIZE = 32
@@ -96,7 +96,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
                                                                                            dtype=np.uint8)
         Image.fromarray(big).save(resized / f"r{i}.jpg", quality=85)
     model = make_checkpoint(root / "m.pt", seed=5)
-    graph = engines.exported_graph(model, note=lambda message: None)
+    graph = graphs.exported_graph(model, note=lambda message: None)
     return {"root": root, "pixels": pixels, "golden": golden, "resized": resized, "model": model, "graph": graph}
 
 
@@ -196,23 +196,23 @@ def test_the_onnx_path_never_imports_torch(setup, no_torch, tmp_path: Path):
 def test_the_graph_is_reused_until_the_checkpoint_changes(setup, tmp_path: Path):
     notes: list[str] = []
     model = make_checkpoint(tmp_path / "best.pt", seed=11)
-    graph = engines.exported_graph(model, note=notes.append)
+    graph = graphs.exported_graph(model, note=notes.append)
     assert graph == tmp_path / ".best.pt.onnx" and len(notes) == 1 and "exporting" in notes[0]
-    recorded = engines.recorded_source(graph)
+    recorded = graphs.recorded_source(graph)
     assert recorded["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     stamp = graph.stat().st_mtime_ns
-    assert engines.exported_graph(model, note=notes.append) == graph and len(notes) == 1
+    assert graphs.exported_graph(model, note=notes.append) == graph and len(notes) == 1
     # A copy (another stat, the same content) is recognised by its hash: no export.
     copy = tmp_path / "copy"
     copy.mkdir()
     shutil.copy(model, copy / "best.pt")
     shutil.copy(graph, copy / ".best.pt.onnx")
-    assert engines.exported_graph(copy / "best.pt", note=notes.append) == copy / ".best.pt.onnx"
+    assert graphs.exported_graph(copy / "best.pt", note=notes.append) == copy / ".best.pt.onnx"
     assert len(notes) == 1 and graph.stat().st_mtime_ns == stamp
     # Retrained: the same name, other weights. The stale graph is replaced, and scores follow.
     make_checkpoint(model, seed=12)
-    assert engines.exported_graph(model, note=notes.append) == graph and len(notes) == 2
-    assert engines.recorded_source(graph)["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert graphs.exported_graph(model, note=notes.append) == graph and len(notes) == 2
+    assert graphs.recorded_source(graph)["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     pixels = setup["pixels"]
     score, _ = engines.open_engine(str(model), "onnx", note=notes.append)(pixels)
     np.testing.assert_allclose(score, reference(model, pixels)[0], atol=1e-4, rtol=0)
@@ -262,7 +262,7 @@ def test_metadata_reader_agrees_with_the_onnx_package(setup):
     import onnx
 
     want = {p.key: p.value for p in onnx.load(str(setup["graph"]), load_external_data=False).metadata_props}
-    assert engines.onnx_metadata(setup["graph"]) == want
+    assert graphs.onnx_metadata(setup["graph"]) == want
     assert json.loads(want["uiaa_config"])["size"] == SIZE
 
 
@@ -313,11 +313,11 @@ def test_bad_models_and_choices_are_one_line_errors(setup, tmp_path: Path):
 
 
 def test_auto_picks_onnx_on_a_machine_without_a_gpu():
-    if engines.gpu_driver_present():
+    if devices.gpu_driver_present():
         pytest.skip("a GPU driver is present: auto asks torch")
-    assert not engines.gpu_wanted("auto") and not engines.gpu_wanted("cpu") and engines.gpu_wanted("cuda:1")
-    assert engines.onnx_providers("auto", ["CPUExecutionProvider"]) == ("cpu", ["CPUExecutionProvider"])
-    device, providers = engines.onnx_providers("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert not devices.gpu_wanted("auto") and not devices.gpu_wanted("cpu") and devices.gpu_wanted("cuda:1")
+    assert devices.onnx_providers("auto", ["CPUExecutionProvider"]) == ("cpu", ["CPUExecutionProvider"])
+    device, providers = devices.onnx_providers("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert device == "cuda:1" and providers[0] == ("CUDAExecutionProvider", {"device_id": 1})
 
 
@@ -325,8 +325,8 @@ def test_the_graph_optimised_for_this_cpu_is_kept_and_gives_the_same_scores(setu
     """ONNX Runtime's fully optimised graph is saved in the user cache on the first load and loaded
     (cheaply) from then on; it gives the scores of the graph itself, and a new export replaces it."""
     model = make_checkpoint(tmp_path / "best.pt", seed=21)
-    graph = engines.exported_graph(model, note=lambda m: None)
-    optimised = engines.optimised_graph(graph, onnxruntime.__version__)
+    graph = graphs.exported_graph(model, note=lambda m: None)
+    optimised = graphs.optimised_graph(graph, onnxruntime.__version__)
     if optimised is None:
         pytest.skip("no /proc/cpuinfo: graphs are optimised on every load")
     assert not optimised.exists() and optimised.parent.parent == Path(os.environ["XDG_CACHE_HOME"]) / "uiaa"
@@ -344,6 +344,6 @@ def test_the_graph_optimised_for_this_cpu_is_kept_and_gives_the_same_scores(setu
     assert optimised.stat().st_size > 1000
     make_checkpoint(model, seed=22)  # retrained: a new export, so a new optimised graph replaces the old
     engines.open_engine(str(model), "onnx", "cpu", note=lambda m: None)
-    newer = engines.optimised_graph(graph, onnxruntime.__version__)
+    newer = graphs.optimised_graph(graph, onnxruntime.__version__)
     assert newer != optimised and newer.is_file() and not optimised.exists()
     assert not [p for p in optimised.parent.iterdir() if p.name.endswith(".part")]

@@ -321,7 +321,7 @@ def test_images_module_is_torch_free():
     import subprocess
     import sys
 
-    code = "import sys, uiaa_cli.pixels.images, uiaa_cli.pixels.cache; print('torch' in sys.modules)"
+    code = "import sys, uiaa_cli.pixels.images, uiaa_cli.pixels.cache_build; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

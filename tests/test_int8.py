@@ -1,4 +1,4 @@
-"""int8 models (uiaa_cli/quantize.py): ``convert --int8``, ``predict -m model-int8.onnx``, ``--precision int8``."""
+"""int8 models (models/quantize.py): ``convert --int8``, ``predict -m model-int8.onnx``, ``--precision int8``."""
 
 from __future__ import annotations
 

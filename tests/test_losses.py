@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 from uiaa_cli.losses import HUBER_THRESHOLD, activate, loss_function
 from uiaa_cli.training.data import epoch_batches, flip_mask
-from uiaa_cli.training.trainer import default_lr, default_weight_decay, epoch_lr, parse_lr
+from uiaa_cli.training.settings import default_lr, default_weight_decay, epoch_lr, parse_lr
 
 floats = st.floats(-6, 6, allow_nan=False, width=64)
 

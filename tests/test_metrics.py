@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from uiaa_cli import metrics
-from uiaa_cli.tables.table import Table, write_table
+from uiaa_cli.tables.table import Table
+from uiaa_cli.tables.writers import write_table
 from uiaa_cli.targets.labels import LabelSettings, build_labels
 
 BINS = np.arange(1.0, 11.0)

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from uiaa_cli.tables.outputs import output_lock
-from uiaa_cli.tables.table import Table, read_table, write_table
+from uiaa_cli.tables.table import Table, read_table
+from uiaa_cli.tables.writers import write_table
 
 AVA = "".join(f"{i} {950000 + i} {i % 3} 1 5 17 38 36 15 6 5 1 1 22 1396\n" for i in range(1, 41))
 TIMEOUT = 60

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uiaa_cli.models.engines import exported_graph
+from uiaa_cli.models.graphs import exported_graph
 from uiaa_cli.tables.table import read_table
 
 SIZE = 32
@@ -102,7 +102,7 @@ def test_arrow_is_not_loaded_before_the_parts_are_joined(setup, tmp_path):
     to predict's process for the rest of the run (the peak of a long run was 1.16x a short one's).
     Parts are numpy archives, so arrow loads for the join only (the probe wraps ``parts.join``)."""
     probe = ("import sys\n"
-             "from uiaa_cli import parts\n"
+             "from uiaa_cli.tables import parts\n"
              "join = parts.join\n"
              "def probed(*args, **kwargs):\n"
              "    print('arrow before the join:', 'pyarrow' in sys.modules, file=sys.stderr)\n"

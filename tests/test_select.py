@@ -13,7 +13,8 @@ from test_training import FAST, make_dataset
 from uiaa_cli.errors import UiaaError
 from uiaa_cli.models.networks import load_checkpoint
 from uiaa_cli.tables.table import read_table
-from uiaa_cli.training.trainer import SELECT_RULES, best_epoch, summary_lines
+from uiaa_cli.training.report import summary_lines
+from uiaa_cli.training.settings import SELECT_RULES, best_epoch
 
 HISTORY = [  # a noisy early SRCC peak, a steadier plateau, the loss lowest at epoch 4
     {"epoch": 1, "val_loss": 2.0, "srcc": 0.50},

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from uiaa_cli.errors import UiaaError
-from uiaa_cli.tables import table as tables
-from uiaa_cli.tables.table import Table, read_table, write_table
+from uiaa_cli.tables import writers as tables
+from uiaa_cli.tables.table import Table, read_table
+from uiaa_cli.tables.writers import write_table
 
 
 def awkward_table() -> Table:

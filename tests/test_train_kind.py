@@ -12,7 +12,8 @@ from test_training import FAST, make_dataset, train
 from uiaa_cli.models.networks import load_checkpoint
 from uiaa_cli.tables.table import read_table
 from uiaa_cli.targets.labels import LabelSettings
-from uiaa_cli.training.trainer import labels_of, split_rows
+from uiaa_cli.targets.table_targets import labels_of
+from uiaa_cli.training.run_data import split_rows
 
 
 @pytest.fixture(scope="module")

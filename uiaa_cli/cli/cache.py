@@ -78,7 +78,7 @@ def cache(
             raise UiaaError("--project goes with --info")
         if output is None:
             raise UiaaError("missing --output (-o): the cache to write")
-        from uiaa_cli.pixels.cache import build_cache
+        from uiaa_cli.pixels.cache_build import build_cache
         from uiaa_cli.tables.outputs import check_output, output_lock
 
         check_output(str(output), inputs=[labels_file], what="cache", stdout=False, regular=True)

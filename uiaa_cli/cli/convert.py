@@ -58,7 +58,7 @@ def convert(
     checkpoint to TorchScript/ONNX."""
     with handled("convert", quiet, debug):
         from uiaa_cli.tables.outputs import check_output
-        from uiaa_cli.tables.table import concat_tables
+        from uiaa_cli.tables.writers import concat_tables
 
         if len(paths) < 2:
             raise UiaaError("give an input and an output: uiaa convert IN... OUT")

@@ -51,7 +51,7 @@ def dedupe(
     """
     with handled("dedupe", quiet, debug):
         from uiaa_cli.pixels.dedupe import dedupe as find_duplicates
-        from uiaa_cli.tables.table import TableWriter
+        from uiaa_cli.tables.writers import TableWriter
 
         with TableWriter(output, to.value if to else None) as writer:
             table, report = find_duplicates(a, b, images=images, images_b=images_b, max_distance=max_distance,

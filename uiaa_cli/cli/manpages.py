@@ -4,8 +4,10 @@
     man ./man/uiaa-labels.1
 
 Every command's summary, description, arguments, options (with their defaults) and examples come
-from the typer/click objects (docstrings, ``help=`` and ``epilog=`` in cli.py); only the sections
-that --help has no place for (exit status, environment, files) are written here.
+from the typer/click objects (docstrings, ``help=`` and ``epilog=`` in the cli/ modules). The
+reference prose that --help has no room for comes from ``docs/commands/<command>.md`` (a small
+markdown subset: ``##``/``###`` headings, paragraphs, ``-`` lists, fenced code, pipe tables), so the
+man page and the docs are one text; only exit status, environment and files are written here.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from uiaa_cli import __version__
 
 SECTION = "1"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "commands"
 
 EXIT_STATUS = [
     ("0", "Success."),
@@ -43,6 +46,7 @@ FILES = [
 def escape(text: str) -> str:
     """Text safe for roff: backslashes, minus signs, and a leading dot or quote."""
     text = text.replace("\\", "\\e").replace("-", "\\-")
+    text = re.sub(r"[^\x00-\x7f]", lambda m: f"\\[u{ord(m.group(0)):04X}]", text)  # groff reads ASCII
     return re.sub(r"^([.'])", r"\\&\1", text, flags=re.M)
 
 
@@ -67,6 +71,59 @@ def epilog_sections(epilog: str) -> str:
             out.append(f".PP\n.RS 4\n.nf\n{code}\n.fi\n.RE\n")
         else:
             out.append(prose(block))
+    return "".join(out)
+
+
+def inline(text: str) -> str:
+    """Markdown's `code`, **bold** and *italic* inside escaped roff text."""
+    parts = re.split(r"(`[^`]+`)", text)
+    out = []
+    for part in parts:
+        if part.startswith("`") and part.endswith("`") and len(part) > 1:
+            out.append(bold(part[1:-1]))
+            continue
+        part = escape(part)
+        part = re.sub(r"\*\*(.+?)\*\*", r"\\fB\1\\fR", part)
+        out.append(re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"\\fI\1\\fR", part))
+    return re.sub(r"^([.'])", r"\\&\1", "".join(out), flags=re.M)
+
+
+def markdown_sections(text: str) -> str:
+    """A docs/commands page as roff: ``##`` a section, ``###`` a subsection, fenced code and pipe tables
+    kept verbatim, ``-`` items as bullets, everything else re-filled paragraphs."""
+    out: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), len(lines))
+            code = "\n".join(escape(c) for c in lines[i + 1:end])
+            out.append(f".PP\n.RS 4\n.nf\n{code}\n.fi\n.RE\n")
+            i = end + 1
+        elif line.startswith("|"):
+            end = next((j for j in range(i, len(lines)) if not lines[j].startswith("|")), len(lines))
+            rows = [[c.strip() for c in row.strip().strip("|").split("|")] for row in lines[i:end]
+                    if not re.fullmatch(r"[|\s:-]+", row)]
+            out.append(".PP\n" + "".join(f"{inline(row[0])}\n.RS 4\n" + "".join(
+                f"{inline(head)}: {inline(cell)}\n.br\n" for head, cell in zip(rows[0][1:], row[1:]) if cell)
+                + ".RE\n" for row in rows[1:]))
+            i = end
+        elif line.startswith("#"):
+            level, _, title = line.partition(" ")
+            out.append((".SH " + escape(title.strip().upper()) if level == "##" else ".SS " + inline(title.strip()))
+                       + "\n")
+            i += 1
+        elif not line.strip() or line.startswith("<!--"):
+            i += 1
+        else:
+            bullet = line.startswith("- ")
+            end = i + 1
+            while end < len(lines) and lines[end].strip() and not lines[end].startswith(("- ", "#", "```", "|")):
+                end += 1
+            words = " ".join(" ".join(lines[i:end]).split())
+            out.append((".IP \\(bu 2\n" + inline(words[2:]) if bullet else ".PP\n" + inline(words)) + "\n")
+            i = end
     return "".join(out)
 
 
@@ -120,6 +177,9 @@ def command_page(group: Any, name: str, command: Any, group_ctx: Any) -> str:
     page.append(definitions([(option_term(term), text) for term, text in records if term]))
     if command.epilog:
         page.append(epilog_sections(command.epilog))
+    reference = DOCS / f"{name}.md"
+    if reference.is_file():
+        page.append(markdown_sections(reference.read_text(encoding="utf-8")))
     page.append(common_sections(exclude=name))
     return "".join(page)
 

@@ -116,7 +116,8 @@ def train(
         from uiaa_cli.tables.formats import require_inputs
 
         require_inputs(data, val, resume, None if weights in ("imagenet", "none") else weights)
-        from uiaa_cli.training.trainer import Interrupted, TrainSettings, parse_lr
+        from uiaa_cli.training.runtime import Interrupted
+        from uiaa_cli.training.settings import TrainSettings, parse_lr
         from uiaa_cli.training.trainer import train as run_training
 
         settings = TrainSettings(

@@ -8,13 +8,14 @@ runs this export), so an exported model and predict give the same scores. Its co
   convert to RGB, warp-resize the whole image to S x S (no crop; Pillow's bilinear filter),
   and put the channels first. Normalisation (ImageNet mean/std) happens inside the model.
 - outputs ``score`` ``(N,)`` and ``probs`` ``(N, K)``: the memberships over the K target sets
-  (softmax; raw outputs for models trained with mse/huber), and the score of SPEC §1.
+  (softmax; raw outputs for models trained with mse/huber), and the score (docs/maths.md, "Model head
+  and score").
 
 The checkpoint's config (size, bins, targets, kind, mean, std) travels with the model: as
 ``uiaa_config.json`` in the TorchScript archive (``torch.jit.load(f, _extra_files=...)``) and as
 metadata ``uiaa_config`` in the ONNX file (with ``uiaa_source``, the checkpoint's content hash).
 
-torch is imported inside the functions: ``engines`` reads this module's names without it.
+torch is imported inside the functions: ``graphs`` and ``engines`` read this module's names without it.
 """
 
 from __future__ import annotations

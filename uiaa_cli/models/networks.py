@@ -153,7 +153,7 @@ def make_config(*, arch: str, size: int, bins: list[float], kind: str, targets: 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict[str, Any], **state: Any) -> None:
     """Write weights + config (+ optional resume state) atomically."""
-    from uiaa_cli.tables.table import atomic_path
+    from uiaa_cli.tables.writers import atomic_path
 
     module = model.module if hasattr(model, "module") else model
     weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}

@@ -1,37 +1,37 @@
-"""int8 models for CPU scoring: static quantization of an exported uiaa ONNX model.
+"""int8 models for CPUs: static quantization of an exported uiaa ONNX model, and int8 support.
 
-``uiaa convert model.pt model.onnx --int8 --calibrate DATA`` and ``uiaa predict --precision int8``
-come here. ONNX Runtime's static quantizer (``onnxruntime.quantization.quantize_static``) rewrites
-the fp32 graph in the QDQ format; ONNX Runtime then fuses each ``DequantizeLinear -> Conv ->
-QuantizeLinear`` into an int8 kernel on CPU. The ranges of the activations come from calibration
-images, made exactly as predict makes its pixels (``images.decode_image``, a cache's stored
-pixels), so the int8 model sees what it will score.
+``uiaa convert model.pt model.onnx --int8 --calibrate DATA`` (``convert_int8``) and ``uiaa predict
+--precision int8`` (``engines.open_engine``, which keeps the result with ``graphs.quantized_graph``)
+come here; this module also says whether this CPU runs int8 fast (``int8_support``) and refuses int8
+where it would be wrong or slow (``check_int8_device``). ONNX Runtime's static quantizer
+(``onnxruntime.quantization.quantize_static``) rewrites the fp32 graph in the QDQ format; ONNX
+Runtime then fuses each ``DequantizeLinear -> Conv -> QuantizeLinear`` into an int8 kernel on CPU.
+The ranges of the activations come from calibration images (``calibration``), made exactly as
+predict makes its pixels, so the int8 model sees what it will score.
 
 What stays float, and why:
 
-- the head ``pixels (uint8) -> Cast -> Mul -> Add``: the normalisation of training (SPEC's mean and
-  std). The quantizer would otherwise put a QuantizeLinear on the uint8 input and quantize Mul and
-  Add, so two different photos could reach the network as the same tensor; the network's first
-  Conv quantizes the exact normalised pixels instead.
+- the head ``pixels (uint8) -> Cast -> Mul -> Add``: the normalisation of training (the ImageNet
+  mean and std, docs/engines.md "Model export"). The quantizer would otherwise put a QuantizeLinear
+  on the uint8 input and quantize Mul and Add, so two different photos could reach the network as
+  the same tensor; the network's first Conv quantizes the exact normalised pixels instead.
 - the last layer (the one that makes the logits) and everything after it (softmax or sigmoid, the
   score ``probs @ bins``): 256 levels of logits would move every score by up to a few hundredths,
   and this part costs nothing next to the backbone.
 
-Choices, by measurement on this project's machine (a 2-core Xeon VM with AVX-512 VNNI and AMX; the
-demo's model on the example data's 150 held-out images, ResNet-50 at 224 px for speed; see
-``benchmarks/bench_int8.py`` and the README):
+Choices, by measurement (``benchmarks/bench_int8.py``; the figures are in benchmarks/README.md, the
+user's view in docs/engines.md):
 
-- QDQ, uint8 activations and int8 weights (U8S8). S8S8 ran at 0.7x fp32: ONNX Runtime's fast x86
-  kernels are U8S8.
-- per-channel weights: the same speed as per-tensor (2.39x fp32 both), and closer to fp32 (SRCC
-  between the scores 0.998 against 0.995, mean |difference| 0.020 against 0.030).
+- QDQ, uint8 activations and int8 weights (U8S8): S8S8 ran slower than fp32, as ONNX Runtime's fast
+  x86 kernels are U8S8.
+- per-channel weights: the same speed as per-tensor, and closer to fp32.
 - 7-bit weights (``reduce_range``): ``u8 x s8`` pair sums then fit int16, which is what AVX2 CPUs
   without VNNI compute (``vpmaddubsw`` saturates otherwise); so one int8 file is right on every x86
-  CPU. It cost nothing measurable here (2.39x against 2.24x without; agreement 0.998 both).
-- MinMax calibration on 128 images: Entropy and Percentile gave no closer scores (0.995) for 2x the
-  time; 32, 64, 128 and 400 images all agreed to 0.995-0.998, and the time grows with the count.
-- keeping the head and the logits layer float (above): 0.995 against 0.993, max |difference| 0.10
-  against 0.17.
+  CPU, at no measurable cost.
+- MinMax calibration on 128 images: Entropy and Percentile gave no closer scores for twice the
+  time; fewer or more images agreed as well, and the time grows with the count.
+- keeping the head and the logits layer float (above): closer scores, the largest difference
+  smaller.
 
 Importing this module never imports torch or onnxruntime.
 """
@@ -52,9 +52,9 @@ from typing import Any
 import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
+from uiaa_cli.models.calibration import CALIBRATION_IMAGES, HELD_BACK_IMAGES, calibration_pixels
+from uiaa_cli.models.graphs import model_config
 
-CALIBRATION_IMAGES = 128  # images the ranges come from (see the README for the measurement)
-HELD_BACK_IMAGES = 64  # images scored by both models to report their agreement
 MIN_CALIBRATION_IMAGES = 16
 CALIBRATION_BATCH = 16
 
@@ -113,22 +113,25 @@ def slow_int8_reason() -> str | None:
     return None
 
 
+def check_int8_device(device: str, engine: str = "auto", *, requested: bool = True,
+                      note: Callable[[str], None] | None = None) -> None:
+    """Refuse int8 where it would be wrong (a GPU, torch) and, when it was asked for, where it would
+    be slow (a CPU without int8 instructions); an int8 model given as it is only gets a warning there."""
+    if engine == "torch":
+        raise UiaaError("int8 models run in ONNX Runtime on the CPU: use --engine onnx (or auto)")
+    if device not in ("auto", "cpu"):
+        instead = ("drop --precision int8 (a GPU runs the checkpoint in bf16)" if requested else
+                   "give the checkpoint (a GPU runs it in bf16)")
+        raise UiaaError(f"int8 models are for CPUs (ONNX Runtime's int8 kernels); on --device {device} they would "
+                        f"run slower than fp32 or not at all: {instead}, or use --device cpu")
+    reason = slow_int8_reason()
+    if reason and requested:
+        raise UiaaError(f"--precision int8: {reason}; drop --precision int8")
+    if reason and note:
+        note(f"warning: {reason}")
+
+
 # ------------------------------------------------------------------------------ the graph
-
-
-def model_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``uiaa_config`` metadata of an exported model (its size, bins, targets, precision...)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
-        raise UiaaError(f"not a readable ONNX model ({type(e).__name__})", where=at(str(path))) from None
-    meta = {p.key: p.value for p in model.metadata_props}
-    if "uiaa_config" not in meta:
-        raise UiaaError("an ONNX model without uiaa's config: export it with 'uiaa convert CHECKPOINT.pt "
-                        "OUT.onnx'", where=at(str(path)))
-    return json.loads(meta["uiaa_config"])
 
 
 def float_nodes(model: Any) -> list[str]:
@@ -198,7 +201,7 @@ def quantize(fp32: str | os.PathLike, target: str | os.PathLike, pixels: np.ndar
     when there are fewer than both). ``options`` override the quantizer's settings (for the
     benchmarks).
     """
-    from uiaa_cli.tables.table import atomic_path
+    from uiaa_cli.tables.writers import atomic_path
 
     calibrate, check = split_calibration(len(pixels), calibration, held_back)
     config = model_config(fp32)
@@ -262,7 +265,7 @@ def constant_identities_folded(model: Any) -> Any:
     BatchNorms still have their initial statistics is zero, and one zero bias then serves them all).
     The quantizer cannot turn a bias behind an Identity into int32, so ONNX Runtime cannot fuse that
     Conv into its int8 kernel and runs it in float between a DequantizeLinear and a QuantizeLinear:
-    ResNet-50 ran at 0.6x fp32 instead of 2-3x.
+    ResNet-50 ran slower than fp32 instead of faster (benchmarks/README.md).
     """
     from onnx import numpy_helper
 
@@ -326,56 +329,6 @@ def compare(fp32: str | os.PathLike, int8: str | os.PathLike, pixels: np.ndarray
     return float(np.abs(a - b).max()), float(srcc)
 
 
-# ------------------------------------------------------------------------ calibration images
-
-
-def calibration_pixels(data: str, size: int, images: str | None = None,
-                       count: int = CALIBRATION_IMAGES + HELD_BACK_IMAGES) -> np.ndarray:
-    """Up to ``count`` images of ``data`` (a folder, a cache, or a labels table whose images are
-    under ``images``), spread evenly over it, as uint8 ``(N, size, size, 3)`` made as predict makes
-    them. Images that cannot be read are left out."""
-    from uiaa_cli.pixels.cache import is_cache
-    from uiaa_cli.pixels.images import decode_image, image_table, list_images, resolve_image
-
-    path = Path(data)
-    if path.is_dir():
-        files = list_images(path)
-        return decode_some([str(f) for f in spread(files, count)], lambda f: decode_image(f, size), size)
-    if not path.is_file():
-        raise UiaaError("no such file or folder of calibration images", where=at(data))
-    if is_cache(path):
-        from uiaa_cli.pixels.cache import CacheReader
-
-        with CacheReader(path) as reader:
-            if reader.size != size:
-                raise UiaaError(f"the cache holds {reader.size} px images and the model takes {size} px: "
-                                "calibrate on its labels table with --images instead", where=at(data))
-            return reader.read(spread(np.arange(len(reader)), count))
-    table, root = image_table(data, images)  # a labels table; anything else is a one-line error
-    names = [str(n) for n in spread(table["image"].astype(str).tolist(), count)]
-    return decode_some(names, lambda n: decode_image(resolve_image(root, n), size), size)
-
-
-def spread(items: Any, count: int) -> list:
-    """``count`` items spread evenly over ``items`` (all of them when there are fewer)."""
-    if len(items) <= count:
-        return list(items)
-    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(np.int64)]
-
-
-def decode_some(names: list[str], decode: Any, size: int) -> np.ndarray:
-    """The images that decode (the others are left out: calibration needs many, not all)."""
-    from uiaa_cli.pixels.images import ImageError
-
-    out = []
-    for name in names:
-        try:
-            out.append(decode(name))
-        except (ImageError, OSError):
-            continue
-    return np.stack(out) if out else np.zeros((0, size, size, 3), dtype=np.uint8)
-
-
 # ----------------------------------------------------------------------------- uiaa convert
 
 
@@ -399,150 +352,3 @@ def convert_int8(source: str, target: str, calibrate: str, images: str | None = 
         pixels = calibration_pixels(calibrate, int(config["size"]), images)
         agreement = quantize(fp32, target, pixels, source=str(calibrate))
     return model_config(target), agreement
-
-
-
-# ----------------------------------------------------------------------------- uiaa predict
-
-
-PRECISIONS = ("fp32", "int8")
-
-
-def open_engine(model: str | None, engine: str = "auto", device: str = "auto", *, precision: str | None = None,
-                calibration: Calibration | None = None, threads: int | None = None,
-                note: Callable[[str], None] | None = None) -> Any:
-    """``engines.open_engine`` with a precision: an int8 ONNX model (``-m model-int8.onnx``) or a
-    checkpoint quantized once (``--precision int8``) runs on the CPU in ONNX Runtime; everything else
-    goes to ``engines.open_engine`` unchanged.
-
-    ``calibration`` gives the images a checkpoint is calibrated on when it has no int8 graph yet.
-    """
-    from uiaa_cli.models import engines
-
-    note = note or engines.stderr_note
-    if precision not in (None, *PRECISIONS):
-        raise UiaaError(f"unknown precision {precision!r}; use fp32 or int8")
-    path = engines.find_model(model)
-    stored = model_precision(path) if engines.is_onnx(path) else "fp32"
-    if precision is not None and engines.is_onnx(path) and precision != stored:
-        raise UiaaError(f"--precision {precision}: this is an {stored} ONNX model; "
-                        + ("give its checkpoint, or quantize it with 'uiaa convert MODEL.onnx OUT.onnx --int8 "
-                           "--calibrate DATA'" if precision == "int8" else "give the fp32 model or its checkpoint"),
-                        where=at(str(path)))
-    if (precision or stored) != "int8":
-        return engines.open_engine(model, engine, device, threads=threads, note=note)
-    check_int8_device(device, engine, requested=precision == "int8", note=note)
-    if not engines.is_onnx(path):
-        path = quantized_graph(path, calibration, note)
-    return engines.OnnxEngine(path, "cpu", threads)
-
-
-def model_precision(path: Path) -> str:
-    """``fp32`` or ``int8``, as recorded in an ONNX model's ``uiaa_config`` (read from its metadata only)."""
-    from uiaa_cli.models.engines import onnx_metadata
-
-    try:
-        return str(json.loads(onnx_metadata(path).get("uiaa_config") or "{}").get("precision", "fp32"))
-    except (OSError, ValueError, AttributeError):
-        return "fp32"  # not readable here: ONNX Runtime says what is wrong with it
-
-
-def check_int8_device(device: str, engine: str = "auto", *, requested: bool = True,
-                      note: Callable[[str], None] | None = None) -> None:
-    """Refuse int8 where it would be wrong (a GPU, torch) and, when it was asked for, where it would
-    be slow (a CPU without int8 instructions); an int8 model given as it is only gets a warning there."""
-    if engine == "torch":
-        raise UiaaError("int8 models run in ONNX Runtime on the CPU: use --engine onnx (or auto)")
-    if device not in ("auto", "cpu"):
-        instead = ("drop --precision int8 (a GPU runs the checkpoint in bf16)" if requested else
-                   "give the checkpoint (a GPU runs it in bf16)")
-        raise UiaaError(f"int8 models are for CPUs (ONNX Runtime's int8 kernels); on --device {device} they would "
-                        f"run slower than fp32 or not at all: {instead}, or use --device cpu")
-    reason = slow_int8_reason()
-    if reason and requested:
-        raise UiaaError(f"--precision int8: {reason}; drop --precision int8")
-    if reason and note:
-        note(f"warning: {reason}")
-
-
-@dataclass
-class Calibration:
-    """Where a checkpoint's int8 graph gets its calibration images: ``pixels(size)`` gives them as
-    uint8 ``(N, size, size, 3)``; ``fresh``: quantize anew even when an int8 graph is kept (the user
-    gave --calibrate)."""
-
-    pixels: Callable[[int], np.ndarray]
-    source: str
-    fresh: bool = False
-
-
-def calibration_for(arguments: list[str], images: str | None, calibrate: str | None,
-                    precision: str | None) -> Calibration:
-    """predict's calibration images: ``--calibrate DATA`` (quantize anew), else the inputs' first
-    images, decoded as they are for scoring."""
-    if calibrate is not None and precision != "int8":
-        raise UiaaError("--calibrate goes with --precision int8")
-    if calibrate is not None:
-        return Calibration(lambda size: calibration_pixels(calibrate, size, images), calibrate, fresh=True)
-    if "-" in arguments:  # stdin can be read only once, and it is for scoring
-        def refuse(size: int) -> np.ndarray:
-            raise UiaaError("--precision int8 with paths on stdin: give images to calibrate on with --calibrate "
-                            "DATA (once; the int8 model is kept)")
-        return Calibration(refuse, "")
-    return Calibration(lambda size: input_pixels(arguments, size, images),
-                       f"the inputs' first images (up to {CALIBRATION_IMAGES + HELD_BACK_IMAGES})")
-
-
-def input_pixels(arguments: list[str], size: int, images: str | None) -> np.ndarray:
-    """The first inputs' pixels, decoded as predict decodes them (those that fail are left out)."""
-    import itertools
-
-    from uiaa_cli.pixels.decoding import load
-    from uiaa_cli.predict.inputs import open_inputs
-
-    pixels = []
-    for item in itertools.islice(open_inputs(arguments, size, images), CALIBRATION_IMAGES + HELD_BACK_IMAGES):
-        try:
-            pixels.append(load(item.source, size))
-        except (UiaaError, OSError, ValueError):
-            continue
-    return np.stack(pixels) if pixels else np.zeros((0, size, size, 3), dtype=np.uint8)
-
-
-def quantized_graph(checkpoint: Path, calibration: Calibration | None, note: Callable[[str], None]) -> Path:
-    """The checkpoint's int8 graph, quantized once and kept as its fp32 graph is kept
-    (``engines.exported_graph``): ``.NAME.int8.onnx`` beside it, else ``<sha256>.int8.onnx`` in the
-    user's cache folder; reused while the checkpoint's hash matches (the int8 graph carries the fp32
-    graph's ``uiaa_source``)."""
-    from uiaa_cli.models import engines
-    from uiaa_cli.models.export import checkpoint_source, file_stat
-
-    beside = checkpoint.with_name(f".{checkpoint.name}.int8.onnx")
-    source: dict[str, Any] | None = None
-    if beside.is_file():
-        recorded = engines.recorded_source(beside) or {}
-        if recorded.get("stat") == file_stat(checkpoint.stat()):
-            source = recorded  # untouched since: no need to hash it
-        else:
-            source = checkpoint_source(checkpoint)
-        if recorded.get("sha256") == source["sha256"] and not (calibration and calibration.fresh):
-            return beside
-    source = source or checkpoint_source(checkpoint)
-    cached = engines.cache_folder() / f"{source['sha256']}.int8.onnx"
-    if (cached.is_file() and (engines.recorded_source(cached) or {}).get("sha256") == source["sha256"]
-            and not (calibration and calibration.fresh)):
-        return cached
-    if calibration is None:
-        raise UiaaError("no int8 model of this checkpoint yet: give images to calibrate it on",
-                        where=at(str(checkpoint)))
-    fp32 = engines.exported_graph(checkpoint, note)
-    target = beside if engines.writable(beside.parent) else cached  # a read-only run folder: the user's cache
-    pixels = calibration.pixels(int(model_config(fp32)["size"]))
-    note(f"quantizing {checkpoint} to int8 (once; kept as {target}), calibrating on {calibration.source}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        agreement = quantize(fp32, target, pixels, source=calibration.source)
-    except OSError as e:
-        raise UiaaError(f"cannot write the int8 model ({e.strerror or e})", where=at(str(target))) from None
-    note(str(agreement))
-    return target

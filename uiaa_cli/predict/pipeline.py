@@ -75,7 +75,8 @@ def run_predict(arguments: list[str], *, model: str | None, output: str | None, 
         from uiaa_cli.tables.table import table_format
 
         table_format(output, fmt)  # an unknown extension is an error before any work (cli checks the path)
-    from uiaa_cli.models.quantize import calibration_for, open_engine  # engines.open_engine, with int8
+    from uiaa_cli.models.calibration import calibration_for
+    from uiaa_cli.models.engines import open_engine
 
     scorer = open_engine(model, engine, device, precision=precision,
                          calibration=calibration_for(arguments, images, calibrate, precision), note=note)
@@ -282,7 +283,7 @@ class TableSink(Sink):
     """The table streamed to stdout (``-o -``) or written through to a device or named pipe."""
 
     def __init__(self, output: str, fmt: str | None, attrs: dict[str, Any]) -> None:
-        from uiaa_cli.tables.table import TableWriter
+        from uiaa_cli.tables.writers import TableWriter
 
         self.writer = TableWriter(output, fmt).__enter__()
         self.attrs = attrs

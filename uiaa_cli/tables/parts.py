@@ -34,7 +34,8 @@ import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
 from uiaa_cli.tables.outputs import atomic_output
-from uiaa_cli.tables.table import Table, TableWriter
+from uiaa_cli.tables.table import Table
+from uiaa_cli.tables.writers import TableWriter
 
 FORMAT = "uiaa-predict-partial-2"  # 1: Parquet parts
 MANIFEST = "manifest.json"

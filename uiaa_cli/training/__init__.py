@@ -1,1 +1,3 @@
-"""Training: the data sources that feed batches, the settings, and the loop with its checkpoints and resume."""
+"""``uiaa train``: ``trainer`` (the run and its epoch loop) with ``settings``, ``run_data`` (sources, targets,
+split) over ``data`` (the batch sources), ``validation``, ``checkpoints`` (save and resume), ``run_folder``
+(name, lock, ``latest``), ``runtime`` (device, ranks, stopping) and ``report`` (stderr, ``metrics.csv``)."""

@@ -1,0 +1,103 @@
+"""What a run tells its user: a progress bar or one line per epoch on stderr, the closing summary of
+``best.pt`` and ``last.pt``, the images left out, and ``metrics.csv`` (one row per epoch)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from uiaa_cli.tables.table import Table
+from uiaa_cli.training.settings import SELECT_RULES, best_epoch
+
+if TYPE_CHECKING:
+    from uiaa_cli.training.data import Source
+
+
+class Reporter:
+    """A rich progress bar (loss, images/s) on stderr, or one line per epoch; silent off rank 0."""
+
+    def __init__(self, enabled: bool, bar: bool | None) -> None:
+        self.enabled = enabled
+        self.bar = enabled and (sys.stderr.isatty() if bar is None else bar)
+        self.progress = None
+        if self.bar:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s"), TimeRemainingColumn(),
+                console=Console(stderr=True), transient=True)
+            self.progress.start()
+        self.task = None
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+        if self.progress is not None:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=steps, completed=done,
+                                               loss=float("nan"), ips=0.0)
+
+    def step(self, loss: float, ips: float) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, advance=1, loss=loss, ips=ips)
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.progress is not None:
+            self.progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    def f(key: str, fmt: str = ".4f") -> str:
+        v = row.get(key)
+        return "n/a" if v is None else format(v, fmt)
+
+    return (f"uiaa train: epoch {row['epoch']}/{epochs}  lr {row['lr']:.2e}  loss {f('train_loss')}  "
+            f"val loss {f('val_loss')}  SRCC {f('srcc')}  PCC {f('pcc')}  acc {f('accuracy')}  "
+            f"{row['images_per_s']:.1f} img/s  {row['seconds']:.1f} s")
+
+
+def summary_lines(history: list[dict[str, Any]], rule: str) -> list[str]:
+    """Both checkpoints with their epoch and validation metrics: best.pt (by ``rule``) and last.pt."""
+    def describe(row: dict[str, Any]) -> str:
+        shown = "  ".join(f"{label} {'n/a' if row.get(key) is None else format(row[key], '.4f')}"
+                          for key, label in (("val_loss", "val loss"), ("srcc", "SRCC"), ("pcc", "PCC"),
+                                             ("mse", "MSE"), ("accuracy", "acc"), ("std_srcc", "std SRCC")))
+        return f"epoch {row['epoch']}  {shown}"
+
+    best = history[best_epoch(history, rule)]
+    return [f"uiaa train: best.pt  {describe(best)}  ({SELECT_RULES[rule]}, --select {rule})",
+            f"uiaa train: last.pt  {describe(history[-1])}"]
+
+
+def report_failures(source: Source, reporter: Reporter, main: bool, of: str = "") -> None:
+    """One line per image that could not be read (the first time only): it is left out. Every rank
+    takes its source's failures; rank 0 (``main``) tells them."""
+    failures = source.take_failures()
+    if not main:
+        return
+    for name, reason in failures[:20]:
+        reporter.line(f"uiaa train: left out{of} {name}: {reason}")
+    if len(failures) > 20:
+        reporter.line(f"uiaa train: left out{of} {len(failures) - 20} more images that could not be read")
+
+
+def write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    from uiaa_cli.tables.writers import write_table
+
+    names = list(history[0])
+    columns = {n: np.array([np.nan if r.get(n) is None else r[n] for r in history], dtype=np.float64)
+               for n in names}
+    columns["epoch"] = columns["epoch"].astype(np.int64)
+    write_table(Table(columns), path)
