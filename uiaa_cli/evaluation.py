@@ -149,7 +149,7 @@ def join_tables(predictions: Table, labels: Table, pred_name: str,
 
 def evaluate_tables(predictions: Table, labels: Table, threshold: float | None = None, *,
                     pred_name: str = "predictions", label_name: str = "labels") -> Evaluation:
-    """Join on image and compute the metrics of SPEC §1 against the votes in ``labels``."""
+    """Join on image and compute the metrics of docs/maths.md against the votes in ``labels``."""
     require(predictions, ["image", "score"], f"{pred_name}: the predictions table")
     require(labels, ["image", "mean"], f"{label_name}: the labels table")
     pi, li, notes = join_tables(predictions, labels, pred_name, label_name)

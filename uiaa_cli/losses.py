@@ -1,4 +1,4 @@
-"""The four losses of SPEC §1, each paired with its activation, on 2-set and M-set targets.
+"""The four losses of docs/maths.md, each paired with its activation, on 2-set and M-set targets.
 
 Every loss takes the network's raw outputs ``(B, K)`` and the targets ``(B, K)`` and returns the
 mean over the batch of a per-image loss:

@@ -1,4 +1,4 @@
-"""Evaluation metrics of SPEC §1, in numpy (no scipy import: ``evaluate`` must start fast).
+"""Evaluation metrics of docs/maths.md, in numpy (no scipy import: ``evaluate`` must start fast).
 
 Every function takes whole columns; the ground truth is always the votes (mean, std, RSD), whatever
 kind of target trained the model. Undefined values (a constant column's correlation) are NaN.
@@ -97,7 +97,7 @@ def distribution_score(probs: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray,
 
 
 def predicted_score(probs: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """A model's score (and std) from its outputs, SPEC §1: 2-set ``b_M * p_high``, std None;
+    """A model's score (and std) from its outputs (docs/maths.md): 2-set ``b_M * p_high``, std None;
     M-set ``sum_m b_m p_m`` with std ``sqrt(sum_m p_m (b_m - score)^2)``."""
     probs = np.asarray(probs, dtype=np.float64)
     bins = np.asarray(bins, dtype=np.float64)
@@ -131,7 +131,7 @@ def assess(score: np.ndarray, mean: np.ndarray, threshold: float, *, kind: str |
            activation: str | None = None, probs: np.ndarray | None = None, std: np.ndarray | None = None,
            true_std: np.ndarray | None = None,
            rsd: np.ndarray | None = None) -> tuple[dict[str, float | None], dict[str, str]]:
-    """Every metric of SPEC §1 and the spread of the scores; what does not apply is None, with a reason.
+    """Every metric of docs/maths.md and the spread of the scores; what does not apply is None, with a reason.
 
     ``kind``/``activation`` describe the model's head when known (None: unknown). Distribution
     metrics (KL, EMD, std SRCC/PCC, mean std) need ``probs`` to be a distribution: a linear head's
@@ -197,6 +197,6 @@ def assess(score: np.ndarray, mean: np.ndarray, threshold: float, *, kind: str |
 def evaluate(score: np.ndarray, mean: np.ndarray, threshold: float, *, kind: str | None = None,
              activation: str | None = None, probs: np.ndarray | None = None, std: np.ndarray | None = None,
              true_std: np.ndarray | None = None, rsd: np.ndarray | None = None) -> dict[str, float | None]:
-    """All metrics of SPEC §1 (``assess`` without the reasons); those that do not apply are None."""
+    """All metrics of docs/maths.md (``assess`` without the reasons); those that do not apply are None."""
     return assess(score, mean, threshold, kind=kind, activation=activation, probs=probs, std=std,
                   true_std=true_std, rsd=rsd)[0]

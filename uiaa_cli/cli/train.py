@@ -104,8 +104,8 @@ def train(
     delta: Annotated[float, typer.Option(help="With --kind binary: leave out images with |mean - threshold| "
                                               "< delta from training.", callback=NON_NEGATIVE)] = 0.0,
     select: Annotated[Select, typer.Option(help="Which epoch best.pt holds: last (default: measured best on "
-                                                "held-out data, see README), loss (lowest validation loss), srcc "
-                                                "(highest validation SRCC) or smooth (SRCC averaged over 3 "
+                                                "held-out data, see docs/commands/train.md), loss (lowest validation "
+                                                "loss), srcc (highest validation SRCC) or smooth (SRCC averaged over 3 "
                                                 "epochs).")] = Select.last,
     progress: Progress = None,
     quiet: Quiet = False,

@@ -37,7 +37,7 @@ def is_vgg(arch: str) -> bool:
 
 
 def activation_for(loss: str) -> str:
-    """SPEC §1: softmax over the outputs with ce/emd, linear outputs with mse/huber."""
+    """docs/maths.md: softmax over the outputs with ce/emd, linear outputs with mse/huber."""
     return "softmax" if loss in ("ce", "emd") else "linear"
 
 
@@ -192,7 +192,7 @@ class Scorer(nn.Module):
     Input: ``(N, 3, S, S)`` RGB pixels with values 0..255, uint8 or float, ``S`` the checkpoint's
     size (images warp-resized to S x S, no crop). Output: ``(score, probs)``; ``probs`` are the
     softmax memberships over the target sets (raw outputs for linear heads), ``score`` is
-    ``sum_m w_m probs_m`` with ``w`` the bins (M-set) or ``[0, b_M]`` (2-set), as SPEC §1.
+    ``sum_m w_m probs_m`` with ``w`` the bins (M-set) or ``[0, b_M]`` (2-set), as docs/maths.md says.
     This module is what ``uiaa convert`` exports and what both of predict's engines run (the ONNX
     engine its exported graph), so deployed models and predict agree.
     """

@@ -21,7 +21,7 @@ at 224 px from 800x600, mean difference 1 grey level, max 11 on sharp edges). Pi
 uint8 kernel resizes 2-3x faster (within one grey level) and is used when the process has already
 imported torch (``train``; ``predict`` resizes with Pillow for either engine), but it is never imported for it:
 importing torch costs 1-4 s and ~600 MB per process, more than the resize saves on all but very long
-runs, and ``cache`` must start light and run where torch is absent (SPEC §2). torchvision's
+runs, and ``cache`` must start light and run where torch is absent (docs/ARCHITECTURE.md). torchvision's
 decode_jpeg is not used either: its libjpeg prints warnings such as "Corrupt JPEG data: N extraneous
 bytes" straight to stderr (common in AVA), and Pillow must still read the header (size, mode, EXIF,
 bomb check).

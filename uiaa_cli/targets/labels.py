@@ -1,7 +1,7 @@
 """Vote counts to training targets: the unified probabilistic formulation, in pure numpy.
 
 Every function takes a counts matrix ``(N, M)`` and the ordered bin values ``(M,)`` and works on
-all rows at once. See SPEC §1 for the definitions.
+all rows at once. docs/maths.md has the definitions.
 """
 
 from __future__ import annotations
