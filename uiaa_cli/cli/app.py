@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from uiaa_cli import __version__
-from uiaa_cli.cli import cache, convert, dedupe, evaluate, labels, predict, train
+from uiaa_cli.cli import cache, convert, dedupe, evaluate, labels, predict, rate, train
 from uiaa_cli.cli.handling import quiet_closed_stdout
 
 app = typer.Typer(
@@ -48,7 +48,7 @@ def root(
     """
 
 
-for _module in (labels, evaluate, convert, cache, train, predict, dedupe):
+for _module in (labels, evaluate, convert, cache, train, predict, dedupe, rate):
     _name = _module.__name__.rsplit('.', 1)[1]
     app.command(_name, epilog=_module.EPILOG)(getattr(_module, _name))
 

@@ -71,6 +71,7 @@ class SourceFormat(str, Enum):
     counts = "counts"
     koniq = "koniq"
     long = "long"
+    xmp = "xmp"  # a folder of photos or sidecars: their XMP star ratings
 
 
 class TableFormat(str, Enum):

@@ -56,8 +56,9 @@ def train(
                                                        "with --resume.")] = None,
     images: Annotated[Optional[str], typer.Option(help="Folder of the images named in a labels table (default: "
                                                        "the table's folder).")] = None,
-    arch: Annotated[str, typer.Option(help="resnet18/34/50/101/152, vgg16, vgg16_bn, efficientnet_b0, "
-                                           "convnext_tiny, mobilenet_v3_large.")] = "resnet50",
+    arch: Annotated[Optional[str], typer.Option(help="resnet18/34/50/101/152, vgg16, vgg16_bn, efficientnet_b0, "
+                                                     "convnext_tiny, mobilenet_v3_large (default: a --weights "
+                                                     "checkpoint's, else resnet50).")] = None,
     loss: Annotated[Loss, typer.Option(help="ce and emd train a softmax head, mse and huber a linear "
                                             "one.")] = Loss.ce,
     epochs: Annotated[int, typer.Option(help="Passes over the training images.", callback=AT_LEAST_1)] = 10,
@@ -120,6 +121,10 @@ def train(
         from uiaa_cli.training.settings import TrainSettings, parse_lr
         from uiaa_cli.training.trainer import train as run_training
 
+        if arch is None:  # fine-tuning a uiaa model (on any scale: it gets a new head) keeps its backbone
+            from uiaa_cli.models.networks import checkpoint_arch
+
+            arch = (checkpoint_arch(weights) if weights not in ("imagenet", "none") else None) or "resnet50"
         settings = TrainSettings(
             data=data, images=images, arch=arch, loss=loss.value, epochs=epochs, lr=parse_lr(lr) if lr else None,
             batch_size=batch_size, momentum=momentum, weight_decay=weight_decay, size=size, weights=weights,

@@ -131,6 +131,15 @@ def build_model(arch: str, outputs: int, weights: str = "imagenet") -> nn.Module
     return model
 
 
+def checkpoint_arch(path: str | os.PathLike) -> str | None:
+    """The backbone of a uiaa checkpoint (what ``train --weights CHECKPOINT`` fine-tunes); None for a
+    plain state dict."""
+    state = load_state(path)
+    config = state.get("config") if isinstance(state, dict) else None
+    arch = config.get("arch") if isinstance(config, dict) else None
+    return arch if isinstance(arch, str) else None
+
+
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` with a one-line error for a missing or corrupted file."""
     if not Path(path).is_file():

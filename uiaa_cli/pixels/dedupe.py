@@ -132,8 +132,13 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise correlation of int8 coefficient vectors (1 for the same picture)."""
-    return np.einsum("nk,nk->n", a.astype(np.int32), b.astype(np.int32)) / 127.0**2
+    """Row-wise correlation of int8 coefficient vectors (1 for the same picture), within [-1, 1].
+
+    The vectors are unit vectors rounded to int8, so their norms are 1 only to within the rounding
+    (a picture against itself gave 1.0002): a correlation is clamped to where correlations lie.
+    """
+    dot = np.einsum("nk,nk->n", a.astype(np.int32), b.astype(np.int32)) / 127.0**2
+    return np.clip(dot, -1.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- the pair search

@@ -1,11 +1,11 @@
 """Image decoding that never surprises, shared by ``cache``, ``train`` and ``predict``.
 
 Importing this module never imports torch (``labels``/``evaluate`` start fast; ``cache`` runs
-where torch is absent). ``decode_image`` turns any file Pillow reads into ``(size, size, 3)`` uint8
-RGB:
+where torch is absent). ``decode_image`` turns any file Pillow reads, and RAW and HEIC/HEIF photos
+(:mod:`uiaa_cli.pixels.photo`, the ``photo`` extra), into ``(size, size, 3)`` uint8 RGB:
 
-- EXIF orientation is applied (after the resize: on a square the result is the same, and turning
-  a 384 px square is far cheaper than turning the full photo);
+- EXIF orientation is applied, a RAW's own flip for RAW files (after the resize: on a square the
+  result is the same, and turning a 384 px square is far cheaper than turning the full photo);
 - CMYK (through its ICC profile when it has one), greyscale, palette, 16-bit and float images are
   converted to RGB; 16-bit values are scaled to 8 bits, not clipped as Pillow's ``convert`` does;
 - transparency (RGBA, LA, palette with a transparent colour) is composited on white, the background
@@ -29,6 +29,7 @@ bomb check).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -43,6 +44,7 @@ import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
 
 from uiaa_cli.errors import UiaaError
+from uiaa_cli.pixels import photo
 
 # Refuse images over 150 megapixels (~450 MB once decoded to RGB, per worker): larger than any
 # camera short of 200 MP phone modes, and small enough that a few workers cannot exhaust memory.
@@ -121,15 +123,34 @@ def _decode(source: str | os.PathLike | bytes, size: int) -> np.ndarray:
             raise ImageError("not a regular file (a named pipe, socket or device)")
         if info.st_size == 0:
             raise ImageError("empty file (0 bytes)")
-    with Image.open(fp) as im:
+    with _open(fp, source, size) as (im, orientation):
         if im.width < 1 or im.height < 1:
             raise ImageError(f"empty picture ({im.width}x{im.height})")
         if im.format == "JPEG":
             im.draft(None, (size, size))  # DCT scaling, never below size in either dimension
-        orientation = _orientation(im)
+        orientation = orientation or _orientation(im)
         im.load()
         pixels = _resize(_to_rgb(im), size)
     return _ORIENT[orientation](pixels) if orientation in _ORIENT else pixels
+
+
+@contextlib.contextmanager
+def _open(fp: io.BytesIO | str, source: Any, size: int) -> Iterator[tuple[Image.Image, int | None]]:
+    """The picture, unread, and its orientation when the format says it elsewhere than in EXIF (a
+    RAW's flip); RAW and HEIF files through :mod:`uiaa_cli.pixels.photo`."""
+    try:
+        if isinstance(fp, str) and photo.is_raw(fp):
+            im, orientation = photo.open_raw(fp, size, MAX_PIXELS)
+            with im:
+                yield im, orientation
+            return
+        heif = photo.is_heif(fp) if isinstance(fp, str) else photo.looks_heif(bytes(source[:16]))
+        if heif:
+            photo.register_heif()
+    except photo.PhotoError as e:
+        raise ImageError(str(e)) from None
+    with Image.open(fp) as im:
+        yield im, None
 
 
 def _resize(im: Image.Image, size: int) -> np.ndarray:
@@ -322,16 +343,18 @@ def resolve_image(root: str | os.PathLike, name: str) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def readable_extensions() -> frozenset[str]:
-    """Lower-case extensions (with the dot) of every format Pillow can decode here."""
+    """Lower-case extensions (with the dot) of every format Pillow can decode here, and RAW and HEIF."""
     Image.init()
+    # RAW and HEIF whether or not the photo extra is installed: without it, each is one line naming
+    # the extra, never a file silently left out of a folder.
     return frozenset(ext for ext, fmt in Image.registered_extensions().items()
-                     if fmt in Image.OPEN and fmt not in _NOT_DECODABLE)
+                     if fmt in Image.OPEN and fmt not in _NOT_DECODABLE) | photo.PHOTO_EXTENSIONS
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Every image file under ``folder``, recursively, sorted; hidden files and folders are skipped.
 
-    Image files are recognised by extension (any format Pillow reads), case-insensitively.
+    Image files are recognised by extension (any format Pillow reads, RAW and HEIF), case-insensitively.
     """
     return [Path(p) for p in iter_images(folder)]
 

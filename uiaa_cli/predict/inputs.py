@@ -3,12 +3,14 @@
 An input argument is one of:
 
 - ``-``: a list of paths on stdin, one per line (blank lines skipped);
-- a folder: its images, recursively, sorted (``images.iter_images``: hidden entries skipped, and
+- a folder: its images, recursively, sorted (``images.iter_images``: every format Pillow reads,
+  RAW and HEIC/HEIF whether or not the photo extra is installed; hidden entries skipped, and
   named pipes, sockets and devices too, so a pipe among the photos never hangs the run);
 - a WebDataset tar shard (any ``.tar`` file, e.g. ``shard-000123.tar`` from img2dataset): samples
   are runs of members with the same ``__key__``, the member's path without its extensions (the
   folder kept, everything after the first dot of the file name dropped); a sample's image is its
-  first member with an image extension, other members (``.json``, ``.txt``, ...) are ignored. The
+  first member with an image extension (RAW members are not decoded: a RAW is told by its name),
+  other members (``.json``, ``.txt``, ...) are ignored. The
   shard is read with :mod:`tarfile` header by header (members are never extracted, and the image
   bytes are read by the worker that decodes them);
 - a cache (``uiaa cache``'s HDF5): its stored pixels;
@@ -168,10 +170,13 @@ def tar_samples(path: str) -> Iterator[tuple[str, str, tuple]]:
     import tarfile
 
     from uiaa_cli.pixels.images import readable_extensions
+    from uiaa_cli.pixels.photo import RAW_EXTENSIONS
 
-    extensions = readable_extensions()
+    # A RAW is told by its name, and a member reaches the decoder as bytes without one: not decoded.
+    extensions = readable_extensions() - RAW_EXTENSIONS
     key: str | None = None
     image: tuple | None = None
+    raw_member = False
     try:
         tar = tarfile.open(path, "r:")  # seekable: member data is skipped, never read, here
     except (tarfile.TarError, OSError) as e:
@@ -188,12 +193,15 @@ def tar_samples(path: str) -> Iterator[tuple[str, str, tuple]]:
             tar.members.clear()  # tarfile keeps every header it has read: memory would grow
             if member is None or (member.isfile() and sample_key(member.name) != key):
                 if key is not None:
-                    yield key, path, image or ("error", "no image member in this sample")
+                    why = ("only a RAW image member, and RAW members of shards are not decoded" if raw_member
+                           else "no image member in this sample")
+                    yield key, path, image or ("error", why)
                 if member is None:
                     return
-                key, image = sample_key(member.name), None
+                key, image, raw_member = sample_key(member.name), None, False
             if member.isfile() and image is None and member_extension(member.name) in extensions:
                 image = ("tar", path, member.offset_data, member.size)
+            raw_member = raw_member or (member.isfile() and member_extension(member.name) in RAW_EXTENSIONS)
 
 
 def sample_key(member: str) -> str:

@@ -28,6 +28,9 @@ class LabelSettings:
     delta: float = 0.0
     threshold: float | None = None
     divisor: str = "2var"
+    # Gaussian kinds: the variance of an image with a single vote (a photographer's own star), whose
+    # votes have none; 0 keeps the one-hot (see RATER_VARIANCE).
+    rater_var: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -40,6 +43,8 @@ class LabelSettings:
             raise ValueError(f"--delta must be >= 0, got {self.delta}")
         if self.divisor not in DIVISORS:
             raise ValueError(f"--divisor must be one of {', '.join(DIVISORS)}, got {self.divisor!r}")
+        if not (self.rater_var >= 0 and np.isfinite(self.rater_var)):
+            raise ValueError(f"--rater-var must be a finite number >= 0, got {self.rater_var}")
 
 
     def parameters(self, bins: np.ndarray) -> dict[str, float | str]:
@@ -50,9 +55,20 @@ class LabelSettings:
             params.update(lam=self.lam, cap=self.cap)
         if self.kind in ("gauss-nv", "gauss-mv"):
             params["divisor"] = self.divisor
+            if self.rater_var:
+                params["rater_var"] = self.rater_var
         if self.kind == "binary":
             params["delta"] = self.delta
         return params
+
+
+# One rater's variance, in stars^2, for ``labels --format xmp``: a photographer's single star has
+# no spread of votes, and a one-hot target would punish the neighbouring star as hard as the far
+# end of the scale. With variance 1 (one star of standard deviation, the spread of re-rating the
+# same photo a star either way), gauss-nv gives a neighbour exp(-1/2) = 0.61 of the vote's weight,
+# two stars away 0.14; gauss-mv (lam 0.5) halves the variance: 0.37 and 0.02. A choice, not a
+# measurement: --rater-var sets it.
+RATER_VARIANCE = 1.0
 
 
 def default_threshold(bins: np.ndarray) -> float:
@@ -204,6 +220,9 @@ def make_targets(counts: np.ndarray, bins: np.ndarray, settings: LabelSettings) 
     elif settings.kind == "rsd":
         targets = rsd
     else:
+        if settings.rater_var:
+            n = np.asarray(counts, dtype=np.float64).sum(axis=1)
+            var = np.where(n == 1, settings.rater_var, var)
         var_z = var if settings.kind == "gauss-nv" else np.minimum((1.0 - settings.lam) * var, settings.cap)
         targets = discretised_gaussian(mu, var_z, bins, settings.divisor)
         error = float(np.mean(np.abs((targets * bins).sum(axis=1) - mu))) if len(mu) else 0.0

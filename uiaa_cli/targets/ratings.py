@@ -1,4 +1,5 @@
-"""Rating sources to vote counts: AVA.txt, counts tables, KonIQ-style fractions, long tables of votes.
+"""Rating sources to vote counts: AVA.txt, counts tables, KonIQ-style fractions, long tables of
+votes, and a photographer's XMP star ratings (a folder of photos or sidecars).
 
 Every parser returns :class:`Ratings` — image ids, a ``(N, M)`` counts matrix, the bin values and the
 source line of each row (for error messages) — and works on whole columns at once.
@@ -6,10 +7,11 @@ source line of each row (for error messages) — and works on whole columns at o
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import numpy as np
@@ -18,7 +20,8 @@ from uiaa_cli.errors import UiaaError, at
 from uiaa_cli.tables.formats import check_text, sniff
 from uiaa_cli.tables.table import Table, read_table
 
-SOURCE_FORMATS = ("ava", "counts", "koniq", "long")
+SOURCE_FORMATS = ("ava", "counts", "koniq", "long", "xmp")
+STAR_SCALE = np.arange(1.0, 6.0)  # XMP ratings: 1..5 stars
 CHUNK_BYTES = 1 << 20  # ~21,000 AVA lines a chunk
 AVA_FIELDS = 15  # index, image id, c1..c10, tag, tag, challenge
 IMAGE_COLUMN_NAMES = ("image", "image_id", "image_name", "img", "id", "name", "filename", "file")
@@ -38,6 +41,8 @@ class Ratings:
     bins: np.ndarray  # float64, (M,)
     lines: np.ndarray  # int, (N,) source line of each row
     source_format: str
+    notes: list[str] = field(default_factory=list)  # for the summary: what the source left out or changed
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (file, why) left out
 
 
 def parse_scale(text: str) -> np.ndarray:
@@ -74,6 +79,11 @@ def iter_ratings(path: str, source_format: str | None = None, scale: str | None 
     AVA.txt streams in blocks of whole lines, so memory stays flat however long the file; the
     table formats are read whole (a long table of votes must be, to aggregate them per image).
     """
+    if source_format == "xmp" or (source_format is None and path != "-" and os.path.isdir(path)):
+        ratings = parse_xmp(path, scale)
+        check_ratings(ratings, path, allow_zero_votes, SeenImages())
+        yield ratings
+        return
     stream = open_binary(path)
     try:
         first = stream.read(chunk_bytes)
@@ -337,6 +347,39 @@ def parse_long(table: Table, path: str, bins: np.ndarray | None) -> Ratings:
     flat = np.bincount(rank[inverse] * len(bins) + bin_index, minlength=len(unique) * len(bins))
     counts = flat.reshape(len(unique), len(bins)).astype(np.float64)
     return Ratings(unique[order], counts, bins, first[order] + 2, "long")
+
+
+def parse_xmp(folder: str, scale: str | None = None) -> Ratings:
+    """A photographer's ratings (:func:`uiaa_cli.catalogue.xmp.catalogue_ratings`) as one vote each on
+    1..5 stars: rejected (-1) is a vote for the lowest class, 1 star (the photographer would keep it
+    least); unrated (0, or no rating) is no vote, and the photo is left out. A file whose metadata
+    cannot be read is left out and listed in ``unreadable`` (a folder of photos holds the odd broken file)."""
+    from uiaa_cli.catalogue.xmp import catalogue_ratings
+
+    if not os.path.isdir(folder):
+        raise UiaaError("--format xmp reads a folder of photos or XMP sidecars", where=at(folder))
+    if scale is not None and not np.array_equal(parse_scale(scale), STAR_SCALE):
+        raise UiaaError(f"--scale {scale}: XMP ratings are stars, 1..5", where=at(folder))
+    names, ratings, failed = catalogue_ratings(folder)
+    stars = np.array([0 if r is None else r for r in ratings], dtype=np.int64)
+    rated = stars != 0
+    if not rated.any():
+        raise UiaaError(f"no rated photos ({len(names):,} photos or sidecars, none with 1..5 stars or rejected)",
+                        where=at(folder))
+    votes = np.maximum(stars[rated], 1)  # rejected: the lowest class
+    counts = np.zeros((len(votes), len(STAR_SCALE)))
+    counts[np.arange(len(votes)), votes - 1] = 1.0
+    notes = []
+    rejected = int((stars == -1).sum())
+    if rejected:
+        notes.append(f"{rejected:,} rejected (-1) counted as 1 star, the lowest class")
+    if (~rated).any():
+        notes.append(f"{int((~rated).sum()):,} unrated (0 or no rating) left out")
+    if failed:
+        notes.append(f"{len(failed):,} unreadable files left out")
+    unreadable = [(os.path.join(folder, name), why) for name, why in failed]
+    return Ratings(np.array(names, dtype=str)[rated], counts, STAR_SCALE.copy(), np.flatnonzero(rated) + 1, "xmp",
+                   notes, unreadable)
 
 
 def infer_scale(scores: np.ndarray, path: str) -> np.ndarray:
