@@ -4,16 +4,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo ablation bench lint man clean
+.PHONY: test demo ablation ava bench lint man clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,photo]'
+	$(PY) -m pip install --quiet -e '.[test,photo,ray]'
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check uiaa_cli tests benchmarks examples
@@ -27,6 +27,11 @@ demo: $(STAMP)
 # The paper's grid (label kinds x losses x seeds) on the example data; ARGS="--quick" for a tiny one.
 ablation: $(STAMP)
 	$(PY) examples/ablation.py --out ablation $(ARGS)
+
+# The paper's AVA experiment (examples/ava.py): make ava AVA=DIR (AVA.txt, generic_test.jpgl, images/).
+ava: $(STAMP)
+	@test -n "$(AVA)" || { echo "make ava AVA=DIR: DIR holds AVA.txt, generic_test.jpgl and images/"; exit 2; }
+	$(PY) examples/ava.py $(AVA) $(ARGS)
 
 man: $(STAMP)
 	$(PY) -m uiaa_cli.cli.manpages man

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -39,6 +40,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from commands import uiaa as run_uiaa  # noqa: E402
 from make_examples import make_examples  # noqa: E402
 
 from uiaa_cli.tables.table import Table, read_table  # noqa: E402
@@ -52,12 +54,12 @@ DEFAULT_CELLS = [(k, "ce") for k in KINDS] + [("gauss-mv", loss) for loss in ("m
 
 
 def uiaa(*args: object, log: Path | None = None, capture: bool = False) -> subprocess.CompletedProcess:
-    """``uiaa ARGS`` with this interpreter, echoed; stderr appended to ``log``."""
+    """``uiaa ARGS`` in this process (examples/commands.py), echoed; stderr appended to ``log``."""
     words = [str(a) for a in args]
     print(f"$ uiaa {shlex.join(words)}", flush=True)
-    with open(log, "a") if log else open("/dev/null", "w") as err:
-        return subprocess.run([sys.executable, "-m", "uiaa_cli", *words], stdout=subprocess.PIPE if capture else
-                              subprocess.DEVNULL, stderr=err, text=True)
+    with open(log, "a") if log else open(os.devnull, "w") as err:
+        status, out = run_uiaa(*words, capture=True, stderr=err, echo=False)
+    return subprocess.CompletedProcess(words, status, out if capture else None)
 
 
 def example_data(out: Path, n: int, size: int) -> tuple[Path, Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,12 +113,23 @@ def test_controversy_is_visible_in_the_pixels(examples):
 
 def test_demo_runs_end_to_end(tmp_path):
     """The demo's pipeline (every real command) on a tiny version of the data; the bar is off here."""
-    result = subprocess.run([sys.executable, REPO / "examples" / "demo.py", "--out", tmp_path / "demo", "-n", "64",
+    result = subprocess.run([sys.executable, REPO / "examples" / "demo.py", "--out", "demo", "-n", "64",
                              "--epochs", "1", "--size", "32", "--bar", "-2", "--std-bar", "-2"],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     for expected in ("$ uiaa labels", "$ uiaa cache", "$ uiaa train", "$ uiaa predict", "$ uiaa evaluate",
                      "SRCC", "Best and worst", "Held-out SRCC"):
         assert expected in result.stdout
     assert (tmp_path / "demo" / "run" / "best.pt").is_file()
     assert len(read_table(tmp_path / "demo" / "preds.csv")) == 16
+
+    # It ends with the commands that score a folder with its model; pasted into a shell, they do.
+    commands = result.stdout.split("Score your own photos")[1].splitlines()[1:3]
+    assert commands[1].lstrip().startswith("uiaa predict ")
+    scored = subprocess.run(["bash", "-c", "\n".join(["set -eo pipefail", *commands])], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PATH": "/usr/bin:/bin"})
+    assert scored.returncode == 0, scored.stderr
+    lines = [line.split("\t") for line in scored.stdout.splitlines()]
+    assert len(lines) == 64 and all(name.startswith("demo/examples/images/") for name, _ in lines)
+    scores = [float(score) for _, score in lines]
+    assert scores == sorted(scores)

@@ -151,6 +151,7 @@ def test_torch_and_pillow_resizers_agree(tmp_path, monkeypatch):
     path = save(Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)),
                 tmp_path / "r.png")
     monkeypatch.delenv("UIAA_RESIZE", raising=False)
+    monkeypatch.setattr(images, "_PILLOW_ONLY", False)  # an ONNX Scorer earlier in this process sets it
     assert images._torch() is not None
     fast = decode_image(path, 33)
     monkeypatch.setenv("UIAA_RESIZE", "pillow")

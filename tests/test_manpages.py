@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,27 @@ def test_pages_render_without_warnings(pages, tmp_path):
                               text=True, timeout=30).stdout
     assert "uiaa-labels - Turn ratings into training targets" in rendered
     assert "--exclude" in rendered.replace("\u2010", "-").replace("\u2212", "-")
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="needs man")
+def test_a_non_editable_install_puts_the_pages_where_man_finds_them(tmp_path):
+    """``pip install .`` (a wheel) carries man/ to <prefix>/share/man/man1, which man finds from PATH."""
+    source, wheels, prefix = tmp_path / "source", tmp_path / "wheels", tmp_path / "prefix"
+    for part in ("uiaa_cli", "man"):  # a copy: setuptools writes build/ and egg-info beside the sources
+        shutil.copytree(REPO / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / part, source / part)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, source], check=True,
+                   capture_output=True, cwd=tmp_path)
+    (wheel,) = wheels.glob("uiaa-*.whl")
+    # A venv of its own: pip install --prefix would remove the running environment's uiaa first.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", prefix], check=True)
+    subprocess.run([*pip, "--python", prefix / "bin" / "python", "install", "--no-deps", "--no-compile", wheel],
+                   check=True, capture_output=True)
+    assert sorted(p.name for p in (prefix / "share" / "man" / "man1").iterdir()) == sorted(
+        p.name for p in (REPO / "man").glob("*.1"))
+    found = subprocess.run(["man", "-w", "uiaa-predict"], capture_output=True, text=True,
+                           env={**{k: v for k, v in os.environ.items() if k != "MANPATH"},
+                                "PATH": f"{prefix / 'bin'}:/usr/bin:/bin"})
+    assert found.stdout.strip() == str(prefix / "share" / "man" / "man1" / "uiaa-predict.1")

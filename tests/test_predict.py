@@ -295,3 +295,76 @@ def drain(fd: int) -> bytes:
         if not chunk:
             return data
         data += chunk
+
+
+# ------------------------------------------------------------- issue 23: a new user's first hour
+
+
+def test_a_checkpoint_with_nan_weights_is_refused(setup, uiaa, tmp_path):
+    """A run whose training diverged: predict says so in one line and exits 2, never printing nan."""
+    import torch
+
+    state = torch.load(setup["m10"], weights_only=True)
+    state["model"]["layer1.0.bn2.running_var"][3] = float("nan")
+    torch.save(state, tmp_path / "diverged.pt")
+    # torch's engine in the command (its cheapest start), the default ONNX path (an export) in this process
+    result = uiaa("predict", setup["photos"] / "img01.jpg", "-m", tmp_path / "diverged.pt", "--engine", "torch")
+    assert result.returncode == 2 and result.stdout == b""
+    message = result.stderr.decode()
+    assert message.count("\n") == 1 and "NaN" in message and "diverged.pt" in message and "Traceback" not in message
+    from uiaa_cli import Scorer
+    from uiaa_cli.errors import UiaaError
+
+    with pytest.raises(UiaaError, match="layer1.0.bn2.running_var"):
+        Scorer(tmp_path / "diverged.pt", device="cpu")
+    assert not list(tmp_path.glob(".diverged.pt*"))  # nothing exported from it
+
+
+def test_non_finite_outputs_are_an_error_not_a_score():
+    """Weights that are finite but blown up (~1e6) can still give NaN outputs: an error, whatever the engine."""
+    from uiaa_cli.errors import UiaaError
+    from uiaa_cli.predict.scorer import score_pixels
+
+    class Blown:
+        config = {"bins": list(range(1, 11)), "targets": [f"p_{i}" for i in range(1, 11)]}
+        model = "blown.onnx"
+
+        def __call__(self, pixels):
+            return np.full(len(pixels), np.nan), np.full((len(pixels), 10), np.nan)
+
+    with pytest.raises(UiaaError, match="NaN or infinite") as caught:
+        score_pixels(Blown(), np.zeros((2, 32, 32, 3), np.uint8))
+    assert str(caught.value).startswith("blown.onnx: ")
+
+
+def test_no_model_finds_the_demos_or_names_those_nearby(setup, uiaa, tmp_path, monkeypatch):
+    """No --model and no ./runs: ./*/latest (the demo's demo/latest) is used, with a note; without one,
+    the error names the checkpoints it saw."""
+    from uiaa_cli.errors import UiaaError
+    from uiaa_cli.models.model_files import find_model
+
+    monkeypatch.delenv("UIAA_MODEL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    shutil.copy(setup["m2"], tmp_path / "mine" / "model.pt")
+    with pytest.raises(UiaaError, match=r"checkpoints here: mine/model\.pt\)"):
+        find_model(None)
+    run = tmp_path / "demo" / "run"
+    run.mkdir(parents=True)
+    shutil.copy(setup["m10"], run / "best.pt")
+    shutil.copy(setup["m10"].with_name(".m10.pt.onnx"), run / ".best.pt.onnx")  # the same checkpoint's graph
+    (tmp_path / "demo" / "latest").symlink_to("run", target_is_directory=True)  # what examples/demo.py leaves
+    notes: list[str] = []
+    assert find_model(None, note=notes.append) == Path("demo/run/best.pt")
+    assert notes == ["no --model: using demo/run/best.pt (found by demo/latest); give --model to choose another"]
+    env = {k: v for k, v in os.environ.items() if k != "UIAA_MODEL"}
+    result = subprocess.run([sys.executable, "-m", "uiaa_cli", "predict", str(setup["photos"] / "img01.jpg")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "using demo/run/best.pt" in result.stderr and result.stdout.endswith("img01.jpg\t" + result.stdout[-7:])
+
+
+def test_help_says_what_the_score_is_and_ranks_safely(uiaa):
+    text = " ".join(uiaa("predict", "--help").stdout.decode().split())  # as one line, however wrapped
+    assert "sort -t$'\\t' -k2 -g" in text and "sort -k2 " not in text
+    assert "1..10 for models trained on AVA" in text and "mean of that distribution" in text

@@ -203,10 +203,15 @@ def as_text(result: Evaluation) -> str:
     return "\n".join(lines) + "\n"
 
 
+def as_dict(result: Evaluation) -> dict[str, Any]:
+    """What ``evaluate --json`` prints (and ``uiaa_cli.evaluate`` returns)."""
+    return {"images": result.joined, "metrics": dict(result.metrics), "not_applicable": dict(result.reasons),
+            "head": dict(result.head), "predictions_unmatched": len(result.predictions_unmatched),
+            "labels_unmatched": len(result.labels_unmatched)}
+
+
 def as_json(result: Evaluation) -> str:
-    return json.dumps({"images": result.joined, "metrics": result.metrics, "not_applicable": result.reasons,
-                       "head": result.head, "predictions_unmatched": len(result.predictions_unmatched),
-                       "labels_unmatched": len(result.labels_unmatched)}, indent=2, allow_nan=False) + "\n"
+    return json.dumps(as_dict(result), indent=2, allow_nan=False) + "\n"
 
 
 def as_csv(result: Evaluation) -> str:

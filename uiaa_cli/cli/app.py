@@ -8,9 +8,11 @@ where torch is absent.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperArgument, TyperOption
 
 from uiaa_cli import __version__
 from uiaa_cli.cli import cache, convert, dedupe, evaluate, labels, predict, rate, train
@@ -44,9 +46,26 @@ def root(
       uiaa labels AVA.txt --kind gauss-mv --lam 0.5 > labels.csv
       uiaa cache labels.csv --images ava/images -o ava.h5
       uiaa train ava.h5 --loss ce
-      uiaa predict photos/ | sort -k2
+      uiaa predict photos/ | sort -t$'\\t' -k2 -g   # best last, whatever the names
     """
 
+
+# typer 0.29 shows types as Python annotations (<str>, <list[str]>); --help is read by people.
+_TYPE_WORDS = {str: "TEXT", int: "INTEGER", float: "NUMBER", Path: "PATH"}
+
+
+def readable_type(param: Any, ctx: Any) -> str:
+    """What ``--help`` shows after an option or argument: TEXT, INTEGER, NUMBER, PATH, [a|b|c], LIST."""
+    desc = param.type_descriptor
+    if desc.is_choice:
+        return "[" + "|".join(str(getattr(c, "value", c)) for c in desc.choices or ()) + "]"
+    if desc.is_list:
+        return "LIST"
+    annotation = desc.annotation
+    return _TYPE_WORDS.get(annotation, getattr(annotation, "__name__", str(annotation)).upper())
+
+
+TyperArgument.display_type = TyperOption.display_type = readable_type  # type: ignore[method-assign]
 
 for _module in (labels, evaluate, convert, cache, train, predict, dedupe, rate):
     _name = _module.__name__.rsplit('.', 1)[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -29,6 +30,19 @@ from uiaa_cli.cli.options import (
     learning_rates,
 )
 
+
+class Compile(str, Enum):  # training.settings.COMPILE_CHOICES
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class Decode(str, Enum):  # training.settings.DECODE_CHOICES
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
 EPILOG = """Examples:
 
   uiaa train ava.h5 --device cuda:0            # from a cache (fast)
@@ -45,10 +59,13 @@ EPILOG = """Examples:
 
   torchrun --nproc_per_node=4 -m uiaa_cli train ava.h5    # DDP, 4 GPUs
 
-Writes metrics.csv, last.pt (resumable) and best.pt (the epoch --select picks) in --out, and points
-'latest' beside it (runs/latest by default) at the newest run; 'uiaa predict' finds runs/latest.
-The summary shows both checkpoints. One run at a time writes a folder: a second run on the same
---out stops with an error.
+Writes metrics.csv, last.pt (resumable) and best.pt (the epoch --select picks, among those whose
+validation is finite) in --out, and points 'latest' beside it (runs/latest by default) at the newest
+run; 'uiaa predict' finds runs/latest. The summary shows both checkpoints. One run at a time writes a
+folder: a second run on the same --out stops with an error.
+
+Exit status: 0 done; 1 training failed (more than --max-missing of the images missing, or no epoch with
+a finite validation: no best.pt, last.pt kept); 2 usage or input error; 130 interrupted.
 """
 def train(
     data: Annotated[Optional[str], typer.Argument(help="A labels table (images decoded on the fly from "
@@ -84,12 +101,13 @@ def train(
                                                  "(0: none).", callback=SHARE)] = 0.1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     workers: Annotated[Optional[int], typer.Option(help="Processes decoding images of a labels table (default: "
-                                                        "cores, at most 8).", callback=AT_LEAST_0)] = None,
+                                                        "cores, at most 32).", callback=AT_LEAST_0)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initial head, batches and flips.",
                                       callback=AT_LEAST_0)] = 0,
     out: Annotated[Optional[str], typer.Option(help="Run folder (default runs/<arch>-<kind>-<loss>-<time>).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this folder with its own settings "
-                                                       "(only data paths, --device, --workers apply).")] = None,
+                                                       "(only data paths, --device, --workers, --compile, --decode "
+                                                       "apply).")] = None,
     kind: Annotated[Optional[Kind], typer.Option(help="Derive the targets from DATA's vote columns, as 'uiaa "
                                                       "labels --kind' would (default: DATA's own targets). "
                                                       "Images binary --delta leaves out do not train; "
@@ -104,6 +122,17 @@ def train(
                                                              "b_ceil(M/2)); also accuracy's.", callback=FINITE)] = None,
     delta: Annotated[float, typer.Option(help="With --kind binary: leave out images with |mean - threshold| "
                                               "< delta from training.", callback=NON_NEGATIVE)] = 0.0,
+    max_missing: Annotated[float, typer.Option(help="The largest share of the images named in DATA (or --val) "
+                                                    "that may be missing (a cache: that its build could not "
+                                                    "decode); more, and train stops before the first step "
+                                                    "(exit 1).", callback=UNIT)] = 0.05,
+    compile_: Annotated[Compile, typer.Option("--compile", help="torch.compile the network for the training "
+                                                                "steps: auto (on CUDA only), on, off. Applies "
+                                                                "with --resume too.")] = Compile.auto,
+    decode: Annotated[Decode, typer.Option(help="Where a jpeg cache's images are decoded: cpu (the loader's "
+                                                "processes, Pillow), gpu (torchvision's decode_jpeg on the CUDA "
+                                                "device, a batch per call), auto (cpu until measured faster on "
+                                                "a GPU). Applies with --resume too.")] = Decode.auto,
     select: Annotated[Select, typer.Option(help="Which epoch best.pt holds: last (default: measured best on "
                                                 "held-out data, see docs/commands/train.md), loss (lowest validation "
                                                 "loss), srcc (highest validation SRCC) or smooth (SRCC averaged over 3 "
@@ -117,6 +146,15 @@ def train(
         from uiaa_cli.tables.formats import require_inputs
 
         require_inputs(data, val, resume, None if weights in ("imagenet", "none") else weights)
+        if out and not resume:  # a run that cannot be saved is refused before its data is read
+            from uiaa_cli.tables.outputs import check_output_folder
+
+            check_output_folder(out, what="run folder", create=False)
+        # The data, its images and the share missing, before torch loads (seconds): a typo is one
+        # line at once. A resumed run's data paths come from its last.pt, checked once it is read.
+        from uiaa_cli.training.inputs import check_inputs
+
+        inputs = check_inputs(data, images, val, max_missing) if data and not resume else None
         from uiaa_cli.training.runtime import Interrupted
         from uiaa_cli.training.settings import TrainSettings, parse_lr
         from uiaa_cli.training.trainer import train as run_training
@@ -130,9 +168,10 @@ def train(
             batch_size=batch_size, momentum=momentum, weight_decay=weight_decay, size=size, weights=weights,
             val=val, val_frac=val_frac, device=device, workers=workers, seed=seed, out=out, resume=resume,
             progress=progress, quiet=quiet, select=select.value, kind=kind.value if kind else None, lam=lam,
-            cap=cap, divisor=divisor.value, threshold=threshold, delta=delta)
+            cap=cap, divisor=divisor.value, threshold=threshold, delta=delta, max_missing=max_missing,
+            compile=compile_.value, decode=decode.value)
         try:
-            folder = run_training(settings)
+            folder = run_training(settings, inputs)
         except Interrupted as e:
             if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
                 print(f"uiaa train: {e}", file=sys.stderr, flush=True)

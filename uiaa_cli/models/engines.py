@@ -86,7 +86,7 @@ def open_engine(model: str | None, engine: str = "auto", device: str = "auto", *
         raise UiaaError(f"unknown precision {precision!r}; use fp32 or int8")
     if threads is not None and threads < 1:
         raise UiaaError("--threads must be at least 1")
-    path = find_model(model)
+    path = find_model(model, note=note)
     stored = model_precision(path) if is_onnx(path) else "fp32"
     if precision is not None and is_onnx(path) and precision != stored:
         raise UiaaError(f"--precision {precision}: this is an {stored} ONNX model; "

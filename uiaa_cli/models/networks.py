@@ -244,6 +244,19 @@ def score_weights(config: dict[str, Any]) -> list[float]:
 
 
 def load_scorer(path: str | os.PathLike) -> tuple[Scorer, dict[str, Any]]:
-    """A checkpoint as an eval-mode Scorer (on CPU) and its config."""
+    """A checkpoint as an eval-mode Scorer (on CPU) and its config; weights that are not finite are refused
+    (``check_finite``), so neither engine, nor an export, ever scores with them."""
     model, config, _ = load_checkpoint(path)
+    check_finite(model, path)
     return Scorer(model, config).eval(), config
+
+
+def check_finite(model: nn.Module, path: str | os.PathLike) -> None:
+    """One error if a weight or buffer holds NaN or inf: a run whose training diverged scores every
+    image NaN. (Training's own resume loads such a checkpoint, for inspection; deploying it is refused.)"""
+    state = model.state_dict()
+    bad = [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise UiaaError(f"the model's weights hold NaN or infinite values ({len(bad)} of {len(state)} tensors, "
+                        f"e.g. {bad[0]}): its training diverged; use an earlier checkpoint, or train again with "
+                        "a lower --lr", where=at(str(path)))

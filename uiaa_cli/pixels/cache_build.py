@@ -232,31 +232,32 @@ def _decode_all(pool: ProcessPoolExecutor, ring: Any, slots: int, todo: np.ndarr
             pending.append(pool.submit(decode_batch, (i % slots, str(writer.store),
                                                        [(int(r), str(names[r])) for r in rows])))
 
-    for _ in range(slots):
-        submit()
     bar = _Progress(progress, len(names), len(names) - len(todo), n_workers)
-    with bar:
-        for i in itertools.count():
-            if not pending:
-                break
-            try:
-                rows, lengths, data, skipped = pending.popleft().result()
-            except BrokenProcessPool:
-                raise UiaaError(f"a decoding process died (out of memory? a crash in an image decoder?); "
-                                f"{writer.committed:,} images are kept: run again with --resume") from None
-            try:
-                if data is None:  # in the ring
-                    data = view[i % slots, :len(rows)] if lengths is None else \
-                        view[i % slots].reshape(-1)[:int(lengths.sum())]
-                writer.write(rows, data, skipped, lengths)
-            except OSError as e:
-                raise UiaaError(f"cannot write the cache ({e}); {writer.committed:,} images are kept: "
-                                "run again with --resume", where=at(str(writer.f.filename))) from None
+    # A dead worker breaks the pool: a result and a submit then raise alike, whichever comes first.
+    try:
+        for _ in range(slots):
             submit()
-            for row, reason in skipped:
-                bar.print(f"uiaa cache: skipped {names[row]}: {reason}", log)
-            report.decoded += len(rows) + len(skipped)
-            bar.advance(len(rows) + len(skipped))
+        with bar:
+            for i in itertools.count():
+                if not pending:
+                    break
+                rows, lengths, data, skipped = pending.popleft().result()
+                try:
+                    if data is None:  # in the ring
+                        data = view[i % slots, :len(rows)] if lengths is None else \
+                            view[i % slots].reshape(-1)[:int(lengths.sum())]
+                    writer.write(rows, data, skipped, lengths)
+                except OSError as e:
+                    raise UiaaError(f"cannot write the cache ({e}); {writer.committed:,} images are kept: "
+                                    "run again with --resume", where=at(str(writer.f.filename))) from None
+                submit()
+                for row, reason in skipped:
+                    bar.print(f"uiaa cache: skipped {names[row]}: {reason}", log)
+                report.decoded += len(rows) + len(skipped)
+                bar.advance(len(rows) + len(skipped))
+    except BrokenProcessPool:
+        raise UiaaError(f"a decoding process died (out of memory? a crash in an image decoder?); "
+                        f"{writer.committed:,} images are kept: run again with --resume") from None
 
 
 class _Progress:

@@ -3,7 +3,8 @@
 - Inputs: :mod:`uiaa_cli.predict.inputs` (files, folders, ``-``, tar shards, tables, caches), produced
   lazily; ``--shard K/N`` keeps the inputs at positions ``K mod N`` (:func:`inputs.select_shard`).
 - Decoding: :mod:`uiaa_cli.pixels.decoding`, worker processes a few batches ahead, in order.
-- Scoring: an engine (``engines.open_engine``): uint8 pixels in, score and memberships out.
+- Scoring: an engine (``engines.open_engine``): uint8 pixels in, score and memberships out, through
+  ``scorer.score_pixels``, the code :class:`uiaa_cli.predict.scorer.Scorer` (the Python API) runs.
 - Output, as each batch finishes: ``path<TAB>score`` lines on stdout (names with tabs, newlines or
   backslashes escaped as ``\\t``, ``\\n``, ``\\\\``); ``-o -`` or a device/pipe: the table streamed;
   ``-o FILE``: the table built in committed parts in ``FILE.partial/`` (:mod:`uiaa_cli.tables.parts`)
@@ -137,10 +138,9 @@ def score_all(scorer: Any, items: Iterator[Input], sink: Sink, columns: list[str
               size: int, batch_size: int,
               workers: int, progress: bool, inputs: Any) -> PredictResult:
     """Decode, score and write every input of ``items``; failures are one line each on stderr."""
-    from uiaa_cli.metrics import predicted_score
     from uiaa_cli.pixels.decoding import decoded_batches
+    from uiaa_cli.predict.scorer import score_pixels
 
-    bins = np.asarray(scorer.config["bins"], dtype=np.float64)
     names = hashlib.sha256()
     done, failed = sink.done, sink.failed
     carried = sink.carried
@@ -153,11 +153,8 @@ def score_all(scorer: Any, items: Iterator[Input], sink: Sink, columns: list[str
                     report_failure(batch.inputs[position], message)
                 good = [batch.inputs[i] for i in batch.good.tolist()]
                 if good:
-                    _, probs = scorer(batch.pixels)
-                    probs = np.asarray(probs, dtype=np.float64)
-                    score, std = predicted_score(probs, bins)
-                    rows = predictions(good, score, np.full(len(good), np.nan) if std is None else std, probs,
-                                       columns, head)
+                    score, std, probs = score_pixels(scorer, batch.pixels)  # the library's numbers (Scorer's)
+                    rows = predictions(good, score, std, probs, columns, head)
                     sink.write(rows)
                     scored += len(good)
                 for item in batch.inputs:

@@ -67,13 +67,15 @@ def load_resume(folder: Path) -> dict[str, Any]:
 
 
 def resumed(given: TrainSettings, saved: dict[str, Any]) -> TrainSettings:
-    """The saved run's settings; data paths, device, workers and display from the command line."""
+    """The saved run's settings; data paths, --max-missing, device, workers, --compile, --decode and display
+    from the command line."""
     settings = TrainSettings(**{k: v for k, v in saved.items() if k in TrainSettings.__dataclass_fields__})
     if settings.lr is not None:
         settings.lr = tuple(settings.lr)
     settings.out = str(Path(given.resume) if Path(given.resume).is_dir() else Path(given.resume).parent)
     settings.resume = given.resume
-    for name in ("device", "workers", "progress", "quiet"):
+    # max_missing: the data may change; compile and decode: how this machine runs it
+    for name in ("device", "workers", "progress", "quiet", "max_missing", "compile", "decode"):
         setattr(settings, name, getattr(given, name))
     for name in ("data", "images", "val"):
         if getattr(given, name):

@@ -23,6 +23,7 @@ from torch import Tensor
 from uiaa_cli.pixels.cache import is_cache
 from uiaa_cli.pixels.images import image_table
 from uiaa_cli.tables.table import Table
+from uiaa_cli.training.inputs import DataInput
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, *, shuffle: bool = True, rank: int = 0,
@@ -111,10 +112,13 @@ class CacheSource(Source):
     The processes start once and serve every epoch and validation pass (starting them cost 0.5-0.8 s
     each time on 2 cores: 10 % of a 512-image epoch).
     (torchvision's ``decode_jpeg`` on CPU gave the same pixels at the same speed as Pillow, which
-    ``CacheReader`` already uses; ``decode_jpeg(device="cuda")`` is left to measure on a GPU.)
+    ``CacheReader`` already uses.) With ``decode_on`` (``--decode gpu``: a CUDA device) a jpeg cache's
+    files are read by the background thread and decoded there, a batch per ``decode_jpeg`` call
+    (nvJPEG), so the batch is born on the device; no worker process is started.
     """
 
-    def __init__(self, path: str, pin_memory: bool = False, workers: int = 0) -> None:
+    def __init__(self, path: str, pin_memory: bool = False, workers: int = 0,
+                 decode_on: torch.device | None = None) -> None:
         from uiaa_cli.pixels.cache import CacheReader
 
         self.reader = CacheReader(path)
@@ -124,15 +128,42 @@ class CacheSource(Source):
         self.workers = workers
         self.loader: torch.utils.data.DataLoader | None = None
         self.order = EpochOrder()
+        self.decode_on = decode_on
+
+    @property
+    def jpeg(self) -> bool:
+        return self.reader.store.kind == "jpeg"
 
     def read(self, rows: np.ndarray) -> tuple[Tensor, np.ndarray]:
         pixels = torch.from_numpy(np.ascontiguousarray(self.reader.read(rows)))
         return (pixels.pin_memory() if self.pin_memory else pixels), rows
 
     def batches(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[Tensor, np.ndarray]]:
+        if self.decode_on is not None:
+            return prefetch(self.decoded_on_device(rows) for rows in batches)
         if not self.reader.store.encoded or not self.workers:
             return prefetch(self.read(rows) for rows in batches)
         return self.decoded(list(batches))
+
+    def decoded_on_device(self, rows: np.ndarray) -> tuple[Tensor, np.ndarray]:
+        """Images ``rows`` decoded by torchvision on ``decode_on``: uint8 ``(B, S, S, 3)`` there, laid out
+        NHWC in memory as the other paths' batches (so ``Normalise`` gives channels_last)."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        files = [torch.from_numpy(data) for data in self.jpeg_files(rows)]
+        images = decode_jpeg(files, mode=ImageReadMode.RGB, device=self.decode_on)
+        return torch.stack(images).permute(0, 2, 3, 1).contiguous(), rows
+
+    def jpeg_files(self, rows: np.ndarray) -> list[np.ndarray]:
+        """The stored JPEG files of ``rows`` (in that order): one HDF5 read per run of consecutive rows."""
+        encoded, offsets = self.reader._images(), self.reader.offsets  # the bytes, opened in this process
+        files: list[np.ndarray] = []
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+            base = int(offsets[rows[start]])
+            span = encoded[base:int(offsets[rows[stop - 1] + 1])]
+            files += [span[int(offsets[i]) - base:int(offsets[i + 1]) - base] for i in rows[start:stop]]
+        return files
 
     def decoded(self, batches: list[np.ndarray]) -> Iterator[tuple[Tensor, np.ndarray]]:
         if self.loader is None:
@@ -232,10 +263,13 @@ class TableSource(Source):
 
 
 def open_source(path: str, *, images: str | None, size: int | None, workers: int,
-                pin_memory: bool = False) -> Source:
-    """A cache (HDF5 with an ``images`` dataset) or a labels table decoded from ``images``."""
+                pin_memory: bool = False, checked: DataInput | None = None) -> Source:
+    """A cache (HDF5 with an ``images`` dataset) or a labels table decoded from ``images``; ``checked``:
+    the file as ``inputs.check_data`` already read it (its table is not read again)."""
     from uiaa_cli.errors import UiaaError, at
 
+    if checked is not None and not checked.cache:
+        return TableSource(checked.table, checked.root, size or 384, workers, pin_memory)
     if is_cache(path):
         source = CacheSource(path, pin_memory, workers)
         if size is not None and size != source.size:

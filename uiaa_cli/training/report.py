@@ -68,17 +68,20 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
             f"{row['images_per_s']:.1f} img/s  {row['seconds']:.1f} s")
 
 
-def summary_lines(history: list[dict[str, Any]], rule: str) -> list[str]:
-    """Both checkpoints with their epoch and validation metrics: best.pt (by ``rule``) and last.pt."""
+def summary_lines(history: list[dict[str, Any]], rule: str, validated: bool | None = None) -> list[str]:
+    """Both checkpoints with their epoch and validation metrics: best.pt (by ``rule``; none when no epoch
+    was sound, see ``settings.sound_epoch``) and last.pt."""
     def describe(row: dict[str, Any]) -> str:
         shown = "  ".join(f"{label} {'n/a' if row.get(key) is None else format(row[key], '.4f')}"
                           for key, label in (("val_loss", "val loss"), ("srcc", "SRCC"), ("pcc", "PCC"),
                                              ("mse", "MSE"), ("accuracy", "acc"), ("std_srcc", "std SRCC")))
         return f"epoch {row['epoch']}  {shown}"
 
-    best = history[best_epoch(history, rule)]
-    return [f"uiaa train: best.pt  {describe(best)}  ({SELECT_RULES[rule]}, --select {rule})",
-            f"uiaa train: last.pt  {describe(history[-1])}"]
+    best = best_epoch(history, rule, validated)
+    last = f"uiaa train: last.pt  {describe(history[-1])}"
+    if best is None:
+        return [last]
+    return [f"uiaa train: best.pt  {describe(history[best])}  ({SELECT_RULES[rule]}, --select {rule})", last]
 
 
 def report_failures(source: Source, reporter: Reporter, main: bool, of: str = "") -> None:

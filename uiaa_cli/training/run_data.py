@@ -7,17 +7,20 @@ still scored in validation.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
 from uiaa_cli.targets.labels import probability_columns, table_bins, target_columns
 from uiaa_cli.targets.table_targets import Labels, kind_of, labels_of
-from uiaa_cli.training.data import Source, open_source
+from uiaa_cli.training.data import CacheSource, Source, open_source
+from uiaa_cli.training.inputs import Inputs, check_inputs
 from uiaa_cli.training.settings import TrainSettings
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -34,6 +37,7 @@ class RunData:
     kind: str
     kind_params: dict[str, Any]
     target_names: list[str]
+    inputs: Inputs  # what check_inputs found: the images missing from the data and --val
 
     @property
     def size(self) -> int:
@@ -45,10 +49,30 @@ class RunData:
             self.val_source.close()
 
 
-def open_data(s: TrainSettings, pin_memory: bool) -> RunData:
-    """Open the training data (and ``--val``), check their labels, and split off the validation rows."""
-    workers = s.workers if s.workers is not None else min(8, os.cpu_count() or 1)
-    source = open_source(s.data, images=s.images, size=s.size, workers=workers, pin_memory=pin_memory)
+def open_data(s: TrainSettings, pin_memory: bool, inputs: Inputs | None = None,
+              device: torch.device | None = None) -> RunData:
+    """Open the training data (and ``--val``), check their labels, and split off the validation rows.
+
+    ``inputs``: the data as ``check_inputs`` checked it before torch was imported (checked here
+    otherwise, or when they were checked for other paths: a resumed run's). ``device``: the run's,
+    where ``--decode gpu`` decodes a jpeg cache (default: the CPU)."""
+    import torch
+
+    from uiaa_cli.training.runtime import decode_device, default_workers
+
+    if inputs is None or not inputs.fits(s.data, s.images, s.val, s.max_missing):
+        inputs = check_inputs(s.data, s.images, s.val, s.max_missing)
+    workers = s.workers if s.workers is not None else default_workers()
+    source = open_source(s.data, images=s.images, size=s.size, workers=workers, pin_memory=pin_memory,
+                         checked=inputs.data)
+    jpeg = isinstance(source, CacheSource) and source.jpeg
+    try:
+        decode_on = decode_device(s.decode, device or torch.device("cpu"), jpeg)
+    except UiaaError:
+        source.close()
+        raise
+    if jpeg:
+        source.decode_on = decode_on
     derive = s.label_settings()
     labels = labels_of(source.table, s.data, derive=derive)
     bins = table_bins(source.table)
@@ -56,7 +80,10 @@ def open_data(s: TrainSettings, pin_memory: bool) -> RunData:
     target_names = target_columns(derive.kind, bins) if derive else probability_columns(source.table)
     if s.val:
         train_rows = np.arange(len(source.table))
-        val_source = open_source(s.val, images=s.images, size=source.size, workers=workers, pin_memory=pin_memory)
+        val_source = open_source(s.val, images=s.images, size=source.size, workers=workers, pin_memory=pin_memory,
+                                 checked=inputs.val)
+        if isinstance(val_source, CacheSource) and val_source.jpeg:
+            val_source.decode_on = decode_on
         val_labels = labels_of(val_source.table, s.val, bins, derive)
         val_rows = np.arange(len(val_source.table))
     else:
@@ -68,7 +95,7 @@ def open_data(s: TrainSettings, pin_memory: bool) -> RunData:
     if len(train_rows) < 2:
         raise UiaaError("fewer than 2 training images", where=at(s.data))
     return RunData(source, labels, train_rows, val_source, val_labels, val_rows, bins, kind, kind_params,
-                   target_names)
+                   target_names, inputs)
 
 
 def split_rows(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

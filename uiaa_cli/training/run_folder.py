@@ -23,6 +23,7 @@ class RunFolder:
 
     def __init__(self) -> None:
         self._lock: Any = None
+        self.previous_latest: str | None = None  # what ``latest`` named before this run (withdraw_latest)
 
     def reserve(self, out: Path) -> None:
         """Check and lock a folder named by ``--out`` before any work: a run that cannot be saved is not
@@ -41,6 +42,7 @@ class RunFolder:
             raise UiaaError(f"already holds a run: continue it with --resume {out}, or choose another --out",
                             where=at(str(out)))
         if dist.main:
+            self.previous_latest = latest_target(out.parent)
             point_latest(out)
         return out
 
@@ -93,3 +95,28 @@ def point_latest(out: Path) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
 
+
+
+def latest_target(folder: Path) -> str | None:
+    """The run ``folder/latest`` names (a symlink or a text file), or None."""
+    link = folder / "latest"
+    try:
+        if link.is_symlink():
+            return os.readlink(link)
+        if link.is_file():
+            return link.read_text().strip() or None
+    except OSError:
+        return None
+    return None
+
+
+def withdraw_latest(out: Path, previous: str | None) -> None:
+    """``latest`` back to what it named before the run ``out`` started (removed if it named nothing),
+    if it still names ``out``: a run that ended without best.pt is not the model predict should find."""
+    if latest_target(out.parent) != out.name:
+        return
+    if previous is None or previous == out.name:
+        with contextlib.suppress(OSError):
+            (out.parent / "latest").unlink()
+    else:
+        point_latest(out.parent / previous)

@@ -5,6 +5,8 @@ CPU); ``Dist`` knows the rank and carries the few collective calls the loop make
 step, the gathering of validation outputs, barriers), each a no-op in a single process.
 ``StopFlag`` turns Ctrl-C and SIGTERM into a flag the loop checks after each step, so every rank
 stops at the same step and leaves a resumable checkpoint (``Interrupted``, exit status 130).
+At the end, the speed paths of CUDA (``--compile``, the fused SGD step, the loader's processes,
+``--decode gpu``), each of which leaves the CPU path as it was.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from uiaa_cli.errors import UiaaError
+from uiaa_cli.training.settings import COMPILE_CHOICES, DECODE_CHOICES
 
 STOP_AFTER_STEPS = "UIAA_STOP_AFTER_STEPS"  # test hook: behave as if Ctrl-C came after N steps
 
@@ -184,3 +187,68 @@ def threading_is_main() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+# ------------------------------------------------------------------------------- speed on CUDA
+# Each of these leaves the CPU path exactly as it was (the suite's figures are bit-identical there);
+# what they do on CUDA is measured by benchmarks/bench_gpu.py.
+
+MAX_WORKERS = 32  # loader processes: beyond this the main process, not decoding, is the limit
+
+
+def default_workers() -> int:
+    """Loader processes when ``--workers`` is not given: every core this process may use (at most
+    MAX_WORKERS). A GPU at ~1,300 images/s of 384 px JPEGs needs 4-5 cores of Pillow decoding;
+    the rest wait, idle, once the prefetch queue is full."""
+    from uiaa_cli.pixels.workers import available_cores
+
+    return min(MAX_WORKERS, available_cores())
+
+
+def compile_wanted(setting: str, device: torch.device) -> bool:
+    """``--compile``: auto is on for CUDA only (where fusing the network's small kernels pays: on
+    the CPU the compile itself would cost more than a short run gains, and needs a C++ compiler)."""
+    if setting not in COMPILE_CHOICES:
+        raise UiaaError(f"--compile {setting!r}: choose auto, on or off")
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """``torch.compile`` of the network for training steps (inductor, default mode: no CUDA graphs,
+    whose captured memory would hold the loader's pinned batches). Its parameters are the model's,
+    so checkpoints and validation keep using the uncompiled module."""
+    return torch.compile(model)  # type: ignore[return-value]
+
+
+def make_optimizer(params: Any, *, lr: float, momentum: float, weight_decay: float,
+                   device: torch.device) -> torch.optim.Optimizer:
+    """SGD with momentum; on CUDA its fused kernel (one launch updates every parameter, where the
+    default for-each path launches a few per tensor group). On the CPU, torch's default path."""
+    if device.type == "cuda":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def fit_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """After ``load_state_dict``: the implementation for this device, not the one the checkpoint's
+    device used (a state saved on CUDA carries ``fused=True`` into a CPU run otherwise)."""
+    for group in optimizer.param_groups:
+        group["fused"] = True if device.type == "cuda" else None
+        group["foreach"] = None
+
+
+def decode_device(setting: str, device: torch.device, encoded_jpeg: bool) -> torch.device | None:
+    """``--decode``: where a jpeg cache's images are decoded. ``cpu`` (and ``auto``, until a device
+    measures torchvision's nvJPEG decoding faster than the worker processes: bench_gpu.py row c):
+    None, Pillow in the loader's processes. ``gpu``: the training device, a batch per call of
+    ``torchvision.io.decode_jpeg`` (its pixels differ from Pillow's by the decoders' rounding)."""
+    if setting not in DECODE_CHOICES:
+        raise UiaaError(f"--decode {setting!r}: choose auto, cpu or gpu")
+    if setting != "gpu":
+        return None
+    if device.type != "cuda":
+        raise UiaaError(f"--decode gpu decodes on a CUDA device; this run is on {device} (use --decode cpu)")
+    if not encoded_jpeg:
+        raise UiaaError("--decode gpu decodes a jpeg cache ('uiaa cache --store jpeg', the default); this data "
+                        "is not one (use --decode cpu)")
+    return device

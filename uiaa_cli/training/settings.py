@@ -52,6 +52,9 @@ class TrainSettings:
     threshold: float | None = None
     delta: float = 0.0
     select: str = "last"  # which epoch best.pt holds: see SELECT_RULES (the default measured there)
+    max_missing: float = 0.05  # the largest share of missing images a run accepts (inputs.py)
+    compile: str = "auto"  # torch.compile the network: auto (CUDA only), on, off (runtime.compile_wanted)
+    decode: str = "auto"  # where a jpeg cache is decoded: auto/cpu (loader processes), gpu (runtime.decode_device)
 
     def label_settings(self) -> LabelSettings | None:
         """The ``labels`` settings of ``--kind`` (None without it); bad values are a usage error."""
@@ -75,6 +78,14 @@ class TrainSettings:
             raise UiaaError("--epochs must be at least 1 and --batch-size at least 2")
         if not self.data:
             raise UiaaError("give the training data: a labels table or a cache")
+        if self.compile not in COMPILE_CHOICES:
+            raise UiaaError(f"--compile {self.compile!r}: choose one of {', '.join(COMPILE_CHOICES)}")
+        if self.decode not in DECODE_CHOICES:
+            raise UiaaError(f"--decode {self.decode!r}: choose one of {', '.join(DECODE_CHOICES)}")
+
+
+COMPILE_CHOICES = ("auto", "on", "off")  # --compile (runtime.compile_wanted)
+DECODE_CHOICES = ("auto", "cpu", "gpu")  # --decode (runtime.decode_device)
 
 
 def default_lr(kind: str, loss: str, arch: str, weights: str = "imagenet") -> tuple[float, float]:
@@ -113,13 +124,18 @@ SELECT_RULES = {
 }
 
 
-def best_epoch(history: list[dict[str, Any]], rule: str) -> int:
-    """The index of the row of ``history`` that ``rule`` picks; ties go to the later epoch, and
-    epochs without the metric (no validation) lose, so with no validation at all best is last."""
+def best_epoch(history: list[dict[str, Any]], rule: str, validated: bool | None = None) -> int | None:
+    """The index of the row of ``history`` that ``rule`` picks among the sound epochs (``sound_epoch``),
+    or None when none is; ties go to the later epoch. ``validated``: whether the run has validation
+    images (default: whether any row holds a validation value); with none at all, best is last."""
+    if validated is None:
+        validated = any(r.get(k) is not None for r in history for k in ("val_loss", "srcc"))
+
     def value(row: dict[str, Any], key: str, sign: float) -> float:
         v = row.get(key)
         return sign * v if v is not None and math.isfinite(v) else -math.inf
 
+    sound = [sound_epoch(row, rule, validated) for row in history]
     if rule == "last":
         merit = [0.0] * len(history)
     elif rule == "loss":
@@ -127,11 +143,34 @@ def best_epoch(history: list[dict[str, Any]], rule: str) -> int:
     elif rule == "srcc":
         merit = [value(r, "srcc", 1.0) for r in history]
     elif rule == "smooth":
-        srcc = [value(r, "srcc", 1.0) for r in history]
-        merit = [float(np.mean(srcc[max(0, i - 2):i + 1])) for i in range(len(srcc))]
+        # the mean of the sound epochs' values in the window: a NaN epoch neither sinks nor lifts its neighbours
+        srcc = [value(r, "srcc", 1.0) if ok else -math.inf for r, ok in zip(history, sound, strict=True)]
+        windows = [[v for v in srcc[max(0, i - 2):i + 1] if v > -math.inf] for i in range(len(srcc))]
+        merit = [float(np.mean(w)) if w else -math.inf for w in windows]
     else:
         raise UiaaError(f"unknown --select {rule!r}; choose one of {', '.join(SELECT_RULES)}")
-    return max(range(len(merit)), key=lambda i: (merit[i], i))
+    picks = [i for i, ok in enumerate(sound) if ok]
+    return max(picks, key=lambda i: (merit[i], i)) if picks else None
+
+
+def sound_epoch(row: dict[str, Any], rule: str, validated: bool = True) -> bool:
+    """Whether an epoch may be ``best.pt``: its validation was measured and is finite (the loss, where
+    an image has a target, and for ``srcc``/``smooth`` the SRCC too). A NaN or infinite loss is a
+    model whose outputs diverged; no value at all, no validation image could be read. Without
+    validation images in the run, every epoch may be (its training loss was finite: see nan_stop)."""
+    if not validated:
+        return True
+
+    def finite(key: str) -> bool:
+        v = row.get(key)
+        return v is not None and math.isfinite(v)
+
+    loss, srcc = row.get("val_loss"), row.get("srcc")
+    if loss is None and srcc is None:
+        return False
+    if loss is not None and not math.isfinite(loss):
+        return False
+    return finite("srcc") if rule in ("srcc", "smooth") else loss is not None or finite("srcc")
 
 
 def default_weight_decay(arch: str) -> float:

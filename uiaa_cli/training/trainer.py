@@ -44,10 +44,22 @@ from uiaa_cli.training.checkpoints import (
     start_position,
 )
 from uiaa_cli.training.data import CacheSource, Normalise, Source, epoch_batches, flip_mask
+from uiaa_cli.training.inputs import Inputs
 from uiaa_cli.training.report import Reporter, epoch_line, report_failures, summary_lines, write_history
 from uiaa_cli.training.run_data import open_data
-from uiaa_cli.training.run_folder import RunFolder, point_latest, run_folder
-from uiaa_cli.training.runtime import Dist, Interrupted, StopFlag, autocast_for, init_distributed, pick_device
+from uiaa_cli.training.run_folder import RunFolder, point_latest, run_folder, withdraw_latest
+from uiaa_cli.training.runtime import (
+    Dist,
+    Interrupted,
+    StopFlag,
+    autocast_for,
+    compile_wanted,
+    compiled,
+    fit_optimizer,
+    init_distributed,
+    make_optimizer,
+    pick_device,
+)
 from uiaa_cli.training.settings import TrainSettings, best_epoch, default_lr, default_weight_decay, epoch_lr
 from uiaa_cli.training.validation import gather_rows, no_metrics, val_metrics
 
@@ -55,17 +67,17 @@ from uiaa_cli.training.validation import gather_rows, no_metrics, val_metrics
 class Trainer:
     """One training run: set up from its settings, then the loop with its checkpoints and validation."""
 
-    def __init__(self, settings: TrainSettings, dist: Dist) -> None:
+    def __init__(self, settings: TrainSettings, dist: Dist, inputs: Inputs | None = None) -> None:
         self.folder = RunFolder()
         try:
-            self.setup(settings, dist)
+            self.setup(settings, dist, inputs)
         except BaseException:
             self.folder.close()
             raise
 
     # ------------------------------------------------------------------------------ set-up
 
-    def setup(self, settings: TrainSettings, dist: Dist) -> None:
+    def setup(self, settings: TrainSettings, dist: Dist, inputs: Inputs | None) -> None:
         self.dist = dist
         saved = load_resume(Path(settings.resume)) if settings.resume else None
         self.settings = s = resumed(settings, saved["settings"]) if saved else settings
@@ -74,13 +86,17 @@ class Trainer:
         s.check()
         self.device = pick_device(s.device, dist)
         self.cuda = self.device.type == "cuda"
-        self.data = open_data(s, pin_memory=self.cuda)
+        if self.cuda:  # one shape per run (and one for the last batch): cuDNN picks its fastest kernels once
+            torch.backends.cudnn.benchmark = True
+        self.data = open_data(s, pin_memory=self.cuda, inputs=inputs, device=self.device)
+        self.validated = len(self.data.val_rows) > 0  # else best.pt is simply the last epoch
         self.bins, self.kind, self.size = self.data.bins, self.data.kind, self.data.size
         self.lr = s.lr or default_lr(self.kind, s.loss, s.arch, s.weights)
         self.weight_decay = s.weight_decay if s.weight_decay is not None else default_weight_decay(s.arch)
         self.setup_model(saved)
         self.history: list[dict[str, Any]] = list(saved["history"]) if saved else []
         self.position = dict(saved["resume"]) if saved else start_position()
+        self.trained = 0  # images the last epoch trained on (for the message when no epoch is sound)
         if saved:
             restore_rng(saved, self.cuda)
         self.out = self.folder.open(run_folder(s.out, s.arch, self.kind, s.loss, dist), dist, saved is not None)
@@ -98,11 +114,15 @@ class Trainer:
         if self.cuda:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=self.lr[0], momentum=s.momentum,
-                                         weight_decay=self.weight_decay)
+        self.optimizer = make_optimizer(model.parameters(), lr=self.lr[0], momentum=s.momentum,
+                                        weight_decay=self.weight_decay, device=self.device)
         if saved:
             self.optimizer.load_state_dict(saved["optimizer"])
+            fit_optimizer(self.optimizer, self.device)
         self.net = self.dist.wrap(model, self.device)
+        # Full batches step through the compiled network; the short last one eagerly (same weights, no
+        # second compilation for its shape).
+        self.step_net = compiled(self.net, self.device) if compile_wanted(s.compile, self.device) else self.net
         self.loss_fn = loss_function(s.loss)
         self.activation = activation_for(s.loss)
         self.normalise = Normalise(list(IMAGENET_MEAN), list(IMAGENET_STD), self.device, channels_last=self.cuda)
@@ -150,7 +170,7 @@ class Trainer:
             x = self.normalise(pixels, flip_mask(len(rows), s.seed, epoch, step, dist.rank))
             y = torch.from_numpy(data.labels.targets[rows]).to(self.device, non_blocking=True)
             with self.autocast():
-                out = self.net(x)
+                out = (self.step_net if len(rows) == s.batch_size else self.net)(x)
             loss = self.loss_fn(out.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -176,10 +196,10 @@ class Trainer:
                                   f"continue with: uiaa train --resume {self.out}")
         pos["seconds"] += time.perf_counter() - started
         report_failures(data.source, reporter, dist.main)
-        if not pos["seen"]:
+        if not pos["seen"]:  # a failed run (exit 1), as one without a sound epoch
             raise UiaaError(f"no training step was made: (almost) none of the {len(data.train_rows):,} training "
                             "images could be read (see the lines above; is --images the right folder?)",
-                            where=at(str(s.data)))
+                            where=at(str(s.data)), status=1)
 
     def usable(self, rows: np.ndarray) -> bool:
         """Whether a batch has the 2 images a training step needs (on every rank, under torchrun)."""
@@ -201,12 +221,13 @@ class Trainer:
         row.update(self.validate(reporter))
         row.update(images_per_s=pos["seen"] / max(pos["seconds"], 1e-9), seconds=pos["seconds"])
         self.history.append(row)
+        self.trained = pos["seen"]
         self.position = start_position(epoch + 1)
         if self.dist.main:
             write_history(self.out / "metrics.csv", self.history)
             self.save("last.pt", row, True)
-            if best_epoch(self.history, self.settings.select) == len(self.history) - 1 \
-                    or not (self.out / "best.pt").exists():
+            # Only a sound epoch (finite validation) is ever best.pt: a NaN one is kept in last.pt alone.
+            if best_epoch(self.history, self.settings.select, self.validated) == len(self.history) - 1:
                 self.save("best.pt", row, False)
             point_latest(self.out)
             reporter.line(epoch_line(row, self.settings.epochs))
@@ -242,29 +263,67 @@ class Trainer:
             return no_metrics()
         return val_metrics(outputs, rows, data.val_labels, self.loss_fn, self.activation, self.bins, self.kind)
 
+    def no_model(self) -> UiaaError | None:
+        """Why no epoch may be best.pt, as the error that ends the run (exit 1); None when one may."""
+        s, history = self.settings, self.history
+        if best_epoch(history, s.select, self.validated) is not None:
+            return None
+        losses = [r.get("val_loss") for r in history]
+        if all(v is None and r.get("srcc") is None for v, r in zip(losses, history, strict=True)):
+            why = (f"none of the {len(self.data.val_rows):,} validation images could be read (see the lines "
+                   "above), so no epoch could be judged")
+            hint = "Give readable validation images (--val, or the images missing from DATA)"
+        elif any(v is not None and not math.isfinite(v) for v in losses):
+            shown = ", ".join("n/a" if v is None else f"{v:.4g}" for v in losses[-3:])
+            scratch = " for training from scratch (--weights none)" if s.weights == "none" else ""
+            few = f"the {self.trained:,} training images read an epoch" if self.trained else "the training images"
+            why = (f"the validation loss was not finite in any epoch ({shown}): the weights diverged, the "
+                   f"learning rate {self.lr[0]:.2e} being too high{scratch} or {few} too few")
+            hint = "Try a lower --lr, or more images"
+        else:  # srcc/smooth: the loss was finite but no SRCC could be computed
+            why = f"no epoch gave a validation SRCC (its scores were all alike) for --select {s.select}"
+            hint = "Train longer, or choose --select last or loss"
+        return UiaaError(f"no epoch gave a usable model: {why}; no best.pt was written, {self.out / 'last.pt'} "
+                         f"is kept for inspection. {hint}", status=1)
+
+    def withdraw(self) -> None:
+        """A run that ends without best.pt is not the model ``latest`` (and so predict) should find."""
+        if self.dist.main and not (self.out / "best.pt").exists():
+            withdraw_latest(self.out, self.folder.previous_latest)
+
     def close(self) -> None:
         self.data.close()
         self.folder.close()
 
 
-def train(settings: TrainSettings) -> Path:
-    """Run (or resume) a training run; returns its folder. Raises Interrupted after Ctrl-C/SIGTERM."""
+def train(settings: TrainSettings, inputs: Inputs | None = None) -> Path:
+    """Run (or resume) a training run; returns its folder. Raises Interrupted after Ctrl-C/SIGTERM, and
+    a UiaaError with status 1 when no epoch gave a sound model (no best.pt; last.pt is kept).
+    ``inputs``: the data as ``inputs.check_inputs`` checked it (checked again here if None)."""
     dist = init_distributed(settings.device)
     reporter = Reporter(dist.main and not settings.quiet, settings.progress)
     trainer = None
     try:
-        trainer = Trainer(settings, dist)
+        trainer = Trainer(settings, dist, inputs)
         if dist.main and not settings.quiet:
             s = trainer.settings
             reporter.line(f"uiaa train: {len(trainer.data.train_rows):,} training and {len(trainer.data.val_rows):,} "
                           f"validation images, {trainer.size} px, {s.arch} ({s.weights}), {trainer.kind} with "
                           f"{s.loss}, lr {trainer.lr[0]:.2e} -> {trainer.lr[1]:.2e}, weight decay "
                           f"{trainer.weight_decay:g}, batch {s.batch_size}, {s.epochs} epochs on "
-                          f"{trainer.device}{f' x {dist.world} processes' if dist.on else ''} -> {trainer.out}")
-        out = trainer.run(reporter)
-        if dist.main and trainer.history:
-            for line in summary_lines(trainer.history, trainer.settings.select):
-                reporter.line(line)
+                          f"{trainer.device}{f' x {dist.world} processes' if dist.on else ''} -> {trainer.out}"
+                          f"{trainer.data.inputs.note()}")
+        try:
+            out = trainer.run(reporter)
+            if dist.main and trainer.history:
+                for line in summary_lines(trainer.history, trainer.settings.select, trainer.validated):
+                    reporter.line(line)
+            failed = trainer.no_model()
+            if failed is not None:
+                raise failed
+        except UiaaError:
+            trainer.withdraw()
+            raise
         return out
     finally:
         reporter.close()

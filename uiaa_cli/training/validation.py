@@ -42,6 +42,8 @@ def val_metrics(outputs: np.ndarray, rows: np.ndarray, lab: Labels, loss_fn: Cal
     if target.shape[1] == outputs.shape[1] and has_target.any():
         result["val_loss"] = float(loss_fn(out_t[torch.from_numpy(has_target)],
                                            torch.from_numpy(target[has_target])))
+    if not np.isfinite(outputs).all():  # diverged weights: no loss to trust, whatever images have targets
+        result["val_loss"] = float("nan")
     probs = activate(out_t, activation).numpy().astype(np.float64)
     score, std = metrics.predicted_score(probs, bins)
     # The rules of 'uiaa evaluate' (metrics.assess): no distribution metric from a linear head, no
