@@ -101,16 +101,19 @@ def main() -> None:
             picks = {rule: best_epoch(history, rule) for rule in SELECT_RULES}
             picks["hindsight"] = int(np.nanargmax([h["test"]["srcc"] or np.nan for h in history]))
             results.append({"kind": kind, "loss": loss, "seed": seed,
-                            "picks": {rule: (history[i]["epoch"], history[i]["test"]) for rule, i in picks.items()}})
+                            "picks": {rule: (None, None) if i is None else (history[i]["epoch"], history[i]["test"])
+                                      for rule, i in picks.items()}})
     rules = [*SELECT_RULES, "hindsight"]
 
-    def cell(epoch: int, found: dict) -> str:
+    def cell(epoch: int | None, found: dict | None) -> str:
+        if found is None:  # no epoch had finite validation figures: train would keep no best.pt
+            return "no epoch"
         mse = "n/a" if found["mse"] is None else f"{found['mse']:.2f}"
         return f"e{epoch} {found['srcc']:.3f} / {mse}"
 
     def mean(rule: str, what: str) -> float:
-        return float(np.nanmean([np.nan if r["picks"][rule][1][what] is None else r["picks"][rule][1][what]
-                                 for r in results]))
+        found = [r["picks"][rule][1] for r in results]
+        return float(np.nanmean([np.nan if f is None or f[what] is None else f[what] for f in found]))
 
     print(f"\nheld-out SRCC / MSE of the epoch each rule picks ({args.epochs} epochs, {args.size} px, "
           f"resnet18 from scratch):")

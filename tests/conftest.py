@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from forkserver import Server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,11 +22,37 @@ TEST_DATA = REPO / "tests" / "data"  # real-data excerpts shipped with the tests
 
 
 def run_uiaa(*args: str, input: bytes | None = None, cwd: Path | None = None, env: dict | None = None,
-             timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m uiaa_cli ARGS`` and capture bytes (stdout) and text (stderr)."""
+             timeout: float = 600, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m uiaa_cli ARGS`` and capture its stdout and stderr (bytes).
+
+    The commands that may load torch run in a fork of this worker's fork server (tests/forkserver.py:
+    torch imported once), unless ``fresh`` or unless ``env`` changes what a fork cannot; the others,
+    which a fork would not speed up, in a new interpreter."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "uiaa_cli", *map(str, args)], input=input, cwd=cwd,
-                          env=full_env, capture_output=True, timeout=timeout)
+    command = [sys.executable, "-m", "uiaa_cli", *map(str, args)]
+    server = fork_server() if not fresh and command[3:4] and command[3] in TORCH_COMMANDS else None
+    if server is not None:
+        done = server.run(command, input=input, cwd=str(cwd or os.getcwd()), env=full_env, timeout=timeout)
+        if done is not None:
+            return done
+    return subprocess.run(command, input=input, cwd=cwd, env=full_env, capture_output=True, timeout=timeout)
+
+
+# Forking the server (some 800 MB of pages mapped) costs about what a new interpreter spends on the
+# imports of labels or evaluate, and saves the 6-7 s of CPU that torch and torchvision cost.
+TORCH_COMMANDS = ("train", "predict", "convert", "rate")
+_SERVERS: dict[str, Server] = {}
+
+
+def fork_server(name: str = "worker", env: dict[str, str] | None = None) -> Server | None:
+    """This worker's fork server ``name``, started at first use in ``env`` (default: the worker's);
+    None when UIAA_TEST_NO_FORKSERVER=1 (every command then starts a new interpreter)."""
+    if os.environ.get("UIAA_TEST_NO_FORKSERVER") == "1":
+        return None
+    if name not in _SERVERS:
+        _SERVERS[name] = Server(env)
+        atexit.register(_SERVERS[name].stop)
+    return _SERVERS[name]
 
 
 @pytest.fixture

@@ -27,7 +27,9 @@ Convention (also in README.md, "Development"):
 
 - The commands find ``uiaa`` (and ``python``) in the bin folder of the interpreter that runs the
   tests (``.venv/bin``), first on PATH; ``UIAA_MODEL`` is unset, ``LC_ALL=C``, and
-  ``XDG_CACHE_HOME`` is a temporary folder.
+  ``XDG_CACHE_HOME`` is a temporary folder. Before it on PATH, ``tests/bin/uiaa`` runs each
+  ``uiaa`` in a fork of a server that imported torch once (tests/forkserver.py), with the shell's
+  pipes and the command's exit status (``UIAA_TEST_NO_FORKSERVER=1``: the installed command).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import fork_server
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "<!-- doctest -->"
@@ -127,6 +130,10 @@ def environment(cache: Path) -> dict[str, str]:
     env["PATH"] = f"{command_bin()}{os.pathsep}{env.get('PATH', '')}"
     env["LC_ALL"] = "C"
     env["XDG_CACHE_HOME"] = str(cache)
+    server = fork_server("docs", env)
+    if server is not None:  # tests/bin/uiaa: the commands run in its forks (conftest.run_uiaa)
+        env.update(UIAA_TEST_FORKSERVER=server.path, UIAA_TEST_PYTHON=sys.executable,
+                   PATH=f"{REPO / 'tests' / 'bin'}{os.pathsep}{env['PATH']}")
     return env
 
 

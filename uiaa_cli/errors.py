@@ -1,12 +1,23 @@
-"""The one error type a user sees: a one-line message, exit status 2, no traceback."""
+"""The one error type a user sees (a one-line message, no traceback) and the exit statuses of every command."""
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """What ``uiaa CMD``'s exit status says; the man pages' EXIT STATUS section is written from these."""
+
+    DONE = 0
+    INCOMPLETE = 1  # some inputs skipped (the rest done), or a training run that produced no usable model
+    USAGE = 2  # usage or input error, before or instead of the work
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
+
 
 class UiaaError(Exception):
-    """Bad input or usage: printed as ``uiaa CMD: error: <where>: <what>`` and exit status 2."""
+    """Bad input or usage: printed as ``uiaa CMD: error: <where>: <what>`` and exit status 2 (``status``)."""
 
-    def __init__(self, message: str, *, where: str | None = None, status: int = 2) -> None:
+    def __init__(self, message: str, *, where: str | None = None, status: int = ExitStatus.USAGE) -> None:
         super().__init__(message)
         self.message = message
         self.where = where

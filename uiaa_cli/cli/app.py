@@ -17,6 +17,7 @@ from typer.core import TyperArgument, TyperOption
 from uiaa_cli import __version__
 from uiaa_cli.cli import cache, convert, dedupe, evaluate, labels, predict, rate, train
 from uiaa_cli.cli.handling import quiet_closed_stdout
+from uiaa_cli.errors import ExitStatus
 
 app = typer.Typer(
     name="uiaa",
@@ -86,11 +87,11 @@ def main() -> None:
         sys.exit(e.exit_code)
     except BrokenPipeError:
         quiet_closed_stdout()
-        sys.exit(0)
+        sys.exit(ExitStatus.DONE)
     except KeyboardInterrupt:
         print("uiaa: interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(status if isinstance(status, int) else 0)
+        sys.exit(ExitStatus.INTERRUPTED)
+    sys.exit(status if isinstance(status, int) else ExitStatus.DONE)
 
 
 def usage_error_line(e: Any) -> str:

@@ -15,7 +15,7 @@ from uiaa_cli.cli.options import (
     Progress,
     Quiet,
 )
-from uiaa_cli.errors import UiaaError
+from uiaa_cli.errors import ExitStatus, UiaaError
 
 EPILOG = """Examples:
 
@@ -102,4 +102,4 @@ def cache(
                         "'skipped' table)")
         say(message)
         if report.skipped:
-            raise typer.Exit(1)
+            raise typer.Exit(ExitStatus.INCOMPLETE)

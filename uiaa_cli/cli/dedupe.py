@@ -13,6 +13,7 @@ from uiaa_cli.cli.options import (
     TableOutput,
     TableTo,
 )
+from uiaa_cli.errors import ExitStatus
 
 EPILOG = """Examples:
 
@@ -69,4 +70,4 @@ def dedupe(
             f"{report.seconds_hashing:.1f} s ({images_done / max(report.seconds_hashing, 1e-9):,.0f} images/s), "
             f"search {report.seconds_search:.1f} s")
     if report.failed:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.INCOMPLETE)

@@ -21,7 +21,7 @@ from uiaa_cli.cli.options import (
     TableOutput,
     TableTo,
 )
-from uiaa_cli.errors import UiaaError
+from uiaa_cli.errors import ExitStatus, UiaaError
 
 EPILOG = """Examples:
 
@@ -121,4 +121,4 @@ def labels(
             message += f"; mean reconstruction error |sum b p - mean| = {report.reconstruction_error:.2e}"
         say(message)
     if source.unreadable:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.INCOMPLETE)

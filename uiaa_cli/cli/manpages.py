@@ -18,18 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from uiaa_cli import __version__
+from uiaa_cli.errors import ExitStatus
 
 SECTION = "1"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "commands"
 
-EXIT_STATUS = [
-    ("0", "Success."),
-    ("1", "Some inputs were skipped (an unreadable image in cache or predict; listed on stderr); the rest was "
-          "done."),
-    ("2", "Usage or input error: a one-line message on stderr names the file, line or image and what is wrong. "
-          "Nothing already written is lost: outputs appear under their final name only when complete."),
-    ("130", "Interrupted (Ctrl-C); train saves a checkpoint first."),
-]
+EXIT_STATUS = [(str(int(status)), text) for status, text in (
+    (ExitStatus.DONE, "Success."),
+    (ExitStatus.INCOMPLETE, "Not all was done: some inputs were skipped (an unreadable image, photo or sidecar, "
+                            "each listed on stderr) and the rest was done; or train produced no "
+                            "usable model (too many images missing, no epoch with a finite validation)."),
+    (ExitStatus.USAGE, "Usage or input error: a one-line message on stderr names the file, line or image and what "
+                       "is wrong. Nothing already written is lost: outputs appear under their final name only when "
+                       "complete."),
+    (ExitStatus.INTERRUPTED, "Interrupted (Ctrl-C); train saves a checkpoint first."),
+)]
 ENVIRONMENT = [
     ("UIAA_MODEL", "The checkpoint predict uses when no --model is given."),
     ("UIAA_DEBUG", "If set, errors show a Python traceback (as --debug)."),

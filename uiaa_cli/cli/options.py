@@ -98,6 +98,17 @@ class Precision(str, Enum):
     int8 = "int8"
 
 
+# The scoring options of predict and rate (and train's --device): one declaration, one help text.
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+Engine = Annotated[EngineName, typer.Option(help="auto: ONNX Runtime on CPU (the checkpoint exported once, kept "
+                                                 "beside it), torch on CUDA/MPS.")]
+BatchSize = Annotated[int, typer.Option(help="Images per batch.", callback=AT_LEAST_1)]
+DecodeWorkers = Annotated[Optional[int], typer.Option("--workers", help="Decoding processes (default: min(4, "
+                                                      "cores); 0 decodes in the main process).",
+                                                      callback=AT_LEAST_0)]
+OutputFormat = Annotated[Optional[TableFormat], typer.Option("--to", help="Format of -o (default: by extension).")]
+
+
 class Divisor(str, Enum):
     two_var = "2var"
     var = "var"

@@ -10,15 +10,17 @@ import typer
 
 from uiaa_cli.cli.handling import handled, say
 from uiaa_cli.cli.options import (
-    AT_LEAST_0,
-    AT_LEAST_1,
+    BatchSize,
     Debug,
+    DecodeWorkers,
+    Device,
+    Engine,
     EngineName,
+    OutputFormat,
     Precision,
     Quiet,
-    TableFormat,
 )
-from uiaa_cli.errors import UiaaError
+from uiaa_cli.errors import ExitStatus, UiaaError
 
 EPILOG = """Examples:
 
@@ -59,20 +61,18 @@ def predict(
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write a table (.csv, .tsv, .parquet, "
                                                    ".h5) with a header: image, [shard,] score, std, p_*. "
                                                    "Default: path<TAB>score lines on stdout.")] = None,
-    to: Annotated[Optional[TableFormat], typer.Option(help="Format of -o (default: by extension).")] = None,
+    to: OutputFormat = None,
     images: Annotated[Optional[str], typer.Option(help="Folder of a table's images (default: the table's "
                                                        "folder).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    engine: Annotated[EngineName, typer.Option(help="auto: ONNX Runtime on CPU (the checkpoint exported once, "
-                                                     "kept beside it), torch on CUDA/MPS.")] = EngineName.auto,
+    device: Device = "auto",
+    engine: Engine = EngineName.auto,
     precision: Annotated[Optional[Precision], typer.Option(help="int8: the checkpoint quantized for the CPU (once, "
                                                               "calibrated on the inputs or --calibrate; about 2x "
                                                               "faster). Default: the model's own.")] = None,
     calibrate: Annotated[Optional[str], typer.Option(metavar="DATA", help="Images to calibrate --precision int8 on "
                                                      "(folder, cache, labels table); quantizes anew.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.", callback=AT_LEAST_1)] = 32,
-    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: min(4, cores); 0 "
-                                                        "decodes in the main process).", callback=AT_LEAST_0)] = None,
+    batch_size: BatchSize = 32,
+    workers: DecodeWorkers = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run of the same command "
                                                           "(-o FILE; its parts are in FILE.partial/).")] = False,
     shard: Annotated[Optional[str], typer.Option(help="K/N: score only job K's share of the inputs (those at "
@@ -130,4 +130,4 @@ def predict(
             say(f"uiaa predict: {result.scored:,} images scored{carried}, {result.failed:,} failed, "
                 f"{result.scored / max(result.seconds, 1e-9):.1f} images/s" + (f" -> {output}" if output else ""))
     if result.failed:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.INCOMPLETE)

@@ -9,8 +9,19 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from uiaa_cli.cli.handling import handled, say
-from uiaa_cli.cli.options import AT_LEAST_0, AT_LEAST_1, NON_NEGATIVE, UNIT, Debug, EngineName, Quiet, TableFormat
-from uiaa_cli.errors import UiaaError
+from uiaa_cli.cli.options import (
+    NON_NEGATIVE,
+    UNIT,
+    BatchSize,
+    Debug,
+    DecodeWorkers,
+    Device,
+    Engine,
+    EngineName,
+    OutputFormat,
+    Quiet,
+)
+from uiaa_cli.errors import ExitStatus, UiaaError
 
 if TYPE_CHECKING:
     from uiaa_cli.catalogue.rating import RateReport, RateSettings
@@ -89,14 +100,13 @@ def rate(
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write the table (image, score, "
                                                    "[group, pick,] stars, rating, label, xmp, action) here "
                                                    "(.csv, .tsv, .parquet, .h5; - for stdout).")] = None,
-    to: Annotated[Optional[TableFormat], typer.Option(help="Format of -o (default: by extension).")] = None,
+    to: OutputFormat = None,
     images: Annotated[Optional[str], typer.Option(help="Folder the photos are named from (a table's relative "
                                                        "names; default: the current folder).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    engine: Annotated[EngineName, typer.Option(help="As predict's.")] = EngineName.auto,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.", callback=AT_LEAST_1)] = 32,
-    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: as predict).",
-                                                   callback=AT_LEAST_0)] = None,
+    device: Device = "auto",
+    engine: Engine = EngineName.auto,
+    batch_size: BatchSize = 32,
+    workers: DecodeWorkers = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -142,7 +152,7 @@ def rate(
             say(f"uiaa rate: {where}: {why}")
         say(summary(report, settings, dry_run))
     if report.failed or report.predict_failed:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.INCOMPLETE)
 
 
 def summary(r: RateReport, s: RateSettings, dry_run: bool) -> str:

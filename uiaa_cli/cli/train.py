@@ -21,6 +21,7 @@ from uiaa_cli.cli.options import (
     SHARE,
     UNIT,
     Debug,
+    Device,
     Divisor,
     Kind,
     Loss,
@@ -29,6 +30,7 @@ from uiaa_cli.cli.options import (
     Select,
     learning_rates,
 )
+from uiaa_cli.errors import ExitStatus
 
 
 class Compile(str, Enum):  # training.settings.COMPILE_CHOICES
@@ -99,7 +101,7 @@ def train(
                                                     "--val-frac of DATA).")] = None,
     val_frac: Annotated[float, typer.Option(help="Share of DATA held out for validation when no --val "
                                                  "(0: none).", callback=SHARE)] = 0.1,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Device = "auto",
     workers: Annotated[Optional[int], typer.Option(help="Processes decoding images of a labels table (default: "
                                                         "cores, at most 32).", callback=AT_LEAST_0)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initial head, batches and flips.",
@@ -175,6 +177,6 @@ def train(
         except Interrupted as e:
             if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
                 print(f"uiaa train: {e}", file=sys.stderr, flush=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(ExitStatus.INTERRUPTED) from None
         if os.environ.get("RANK", "0") == "0":
             say(f"uiaa train: done; best model {folder / 'best.pt'}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -151,7 +152,14 @@ class CacheSource(Source):
         from torchvision.io import ImageReadMode, decode_jpeg
 
         files = [torch.from_numpy(data) for data in self.jpeg_files(rows)]
-        images = decode_jpeg(files, mode=ImageReadMode.RGB, device=self.decode_on)
+        if self.decode_on.type == "cuda":
+            # nvJPEG writes its output without waiting for the kernels queued on this stream, and the
+            # caching allocator may hand it a block those kernels still read (pytorch/vision#9606).
+            torch.cuda.current_stream(self.decode_on).synchronize()
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders for TorchCodec, which has no batched nvJPEG decode yet
+            warnings.simplefilter("ignore", DeprecationWarning)
+            images = decode_jpeg(files, mode=ImageReadMode.RGB, device=self.decode_on)
         return torch.stack(images).permute(0, 2, 3, 1).contiguous(), rows
 
     def jpeg_files(self, rows: np.ndarray) -> list[np.ndarray]:

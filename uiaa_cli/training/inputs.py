@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uiaa_cli.errors import UiaaError, at
+from uiaa_cli.errors import ExitStatus, UiaaError, at
 
 MAX_MISSING = 0.05  # the default share of missing images a run accepts
 SHOWN = 5  # missing names shown in the refusal
@@ -91,7 +91,8 @@ def check_data(path: str, images: str | None, max_missing: float, role: str = ""
         shown = ", ".join(repr(n) for n in found.missing[:SHOWN]) + (", ..." if len(found.missing) > SHOWN else "")
         raise UiaaError(f"{len(found.missing):,} of the {found.named:,} images named{role} ({share:.0%}) {where}, "
                         f"more than --max-missing {max_missing:g} allows: {shown}; {hint}, or pass --max-missing "
-                        f"1 to train on the {found.named - len(found.missing):,} there", where=at(path), status=1)
+                        f"1 to train on the {found.named - len(found.missing):,} there", where=at(path),
+                        status=ExitStatus.INCOMPLETE)
     return found
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from uiaa_cli.errors import UiaaError, at
+from uiaa_cli.errors import ExitStatus, UiaaError, at
 from uiaa_cli.losses import loss_function
 from uiaa_cli.models.networks import (
     IMAGENET_MEAN,
@@ -168,7 +168,8 @@ class Trainer:
                 pos["step"] = step + 1
                 continue
             x = self.normalise(pixels, flip_mask(len(rows), s.seed, epoch, step, dist.rank))
-            y = torch.from_numpy(data.labels.targets[rows]).to(self.device, non_blocking=True)
+            y = torch.from_numpy(data.labels.targets[rows])
+            y = (y.pin_memory() if self.cuda else y).to(self.device, non_blocking=True)  # overlapped on CUDA
             with self.autocast():
                 out = (self.step_net if len(rows) == s.batch_size else self.net)(x)
             loss = self.loss_fn(out.float(), y)
@@ -199,7 +200,7 @@ class Trainer:
         if not pos["seen"]:  # a failed run (exit 1), as one without a sound epoch
             raise UiaaError(f"no training step was made: (almost) none of the {len(data.train_rows):,} training "
                             "images could be read (see the lines above; is --images the right folder?)",
-                            where=at(str(s.data)), status=1)
+                            where=at(str(s.data)), status=ExitStatus.INCOMPLETE)
 
     def usable(self, rows: np.ndarray) -> bool:
         """Whether a batch has the 2 images a training step needs (on every rank, under torchrun)."""
@@ -284,7 +285,7 @@ class Trainer:
             why = f"no epoch gave a validation SRCC (its scores were all alike) for --select {s.select}"
             hint = "Train longer, or choose --select last or loss"
         return UiaaError(f"no epoch gave a usable model: {why}; no best.pt was written, {self.out / 'last.pt'} "
-                         f"is kept for inspection. {hint}", status=1)
+                         f"is kept for inspection. {hint}", status=ExitStatus.INCOMPLETE)
 
     def withdraw(self) -> None:
         """A run that ends without best.pt is not the model ``latest`` (and so predict) should find."""
