@@ -183,6 +183,7 @@ def train_speeds(raw: Path, jpeg: Path, folder: Path, rounds: int) -> tuple[list
     """images/s of the real training loop (one epoch per round) from each cache, alternating."""
     import torch
 
+    from uiaa_cli.training.checkpoints import Position
     from uiaa_cli.training.report import Reporter
     from uiaa_cli.training.runtime import Dist, StopFlag
     from uiaa_cli.training.settings import TrainSettings
@@ -199,9 +200,9 @@ def train_speeds(raw: Path, jpeg: Path, folder: Path, rounds: int) -> tuple[list
 
     def epoch(name: str) -> float:
         trainer = trainers[name]
-        trainer.position = {"epoch": 0, "step": 0, "loss_sum": 0.0, "seen": 0, "seconds": 0.0}
+        trainer.position = Position()
         trainer.train_epoch(0, stop, quiet)
-        return trainer.position["seen"] / trainer.position["seconds"]
+        return trainer.position.seen / trainer.position.seconds
 
     epoch("raw"), epoch("jpeg")  # warm-up: oneDNN primitives, the page cache
     speeds: dict[str, list[float]] = {"raw": [], "jpeg": []}

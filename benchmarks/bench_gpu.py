@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python3 benchmarks/bench_gpu.py          # on a CUDA machine: about 5 minutes on one H200
     python3 benchmarks/bench_gpu.py --smoke               # every row on CPU, tiny sizes, in seconds (the suite)
-    python3 benchmarks/bench_gpu.py --rows a,e --no-compile
+    python3 benchmarks/bench_gpu.py --rows a,b,e --no-compile
 
 It needs torch, torchvision, numpy, h5py, pandas, pyarrow and Pillow, and no install: the library is
 called in this process (never the ``uiaa`` command, so typer and rich may be absent). It makes its own
@@ -12,7 +12,8 @@ and the others still run. ``--budget`` seconds (default 330) bound the whole: a 
 after it is skipped.
 
     (a) ResNet-50 forward + backward + optimiser step, images/s, on batches already on the GPU, at 224
-        and 384 px, bf16 autocast, channels_last, eager and torch.compile'd: the limit.
+        and 384 px, bf16 autocast, channels_last, cuDNN's benchmarked kernels (as train sets), eager,
+        and torch.compile'd at 384 px (what train runs): the limit.
     (b) training from a jpeg cache at 384 px through the trainer (``Trainer``: what ``uiaa train``
         runs), images/s of its last epoch (the first includes compilation), the whole run's wall
         time, and the ratio to (a) at 384 px.
@@ -61,7 +62,7 @@ class Plan:
     batch: int = 32
     warm: int = 5        # steps before timing (after the first, which compiles)
     steps: int = 30      # timed steps of (a)
-    cache_n: int = 3072  # images of the (b)/(c) cache
+    cache_n: int = 8192  # images of the (b)/(c) cache: an epoch of seconds, not the loader's start
     epochs: int = 2      # of (b): the last one is timed
     photos: int = 1024   # of (d)
     photo_wh: tuple[int, int] = (640, 480)
@@ -104,6 +105,12 @@ def synchronize(device: str) -> None:
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def module_found(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
 
 
 def rate(n: int) -> str:
@@ -154,13 +161,14 @@ def make_cache(folder: Path, plan: Plan, size: int) -> Path:
 
 
 def compile_model(model: object, device: str) -> object:
-    """The model as train compiles it (its own helper once it has one)."""
+    """The model as train compiles it, compiled afresh: Dynamo's cache is per code object, and a
+    second size compiled on the same ResNet.forward would get dynamic shapes, which train never runs."""
     import torch
 
     from uiaa_cli.training import runtime
 
-    helper = getattr(runtime, "compiled", None)
-    return helper(model, torch.device(device)) if helper else torch.compile(model)
+    torch._dynamo.reset()
+    return runtime.compiled(model, torch.device(device))
 
 
 def make_optimizer(params: object, device: str) -> object:
@@ -186,6 +194,7 @@ def step_rate(plan: Plan, size: int, compiled: bool) -> tuple[float, float]:
 
     device = torch.device(plan.device)
     cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = cuda  # as the trainer sets it: the limit runs the same kernels
     torch.manual_seed(0)
     model = build_model(plan.arch, 10, "none").to(device)
     layout = torch.channels_last if cuda else torch.contiguous_format
@@ -252,6 +261,10 @@ def train_from_cache(plan: Plan, cache: Path, out: Path, **options: str) -> dict
                              batch_size=plan.batch, val_frac=0.05, device=plan.device, out=str(out), quiet=True,
                              progress=False, **{k: v for k, v in options.items() if k in fields})
     timings = Timings()
+    if plan.device.startswith("cuda"):
+        import torch
+
+        torch._dynamo.reset()  # train compiles in a process of its own: no graph of another row's
     start = time.perf_counter()
     trainer = Trainer(settings, Dist())
     try:
@@ -339,8 +352,11 @@ def predict_whole(plan: Plan, photos: Path, checkpoint: Path, out: Path) -> floa
 
 def forward_rate(plan: Plan, checkpoint: Path, size: int) -> float:
     """(d): the torch engine (bf16 on CUDA) on uint8 batches in memory: copy, normalise, forward, softmax."""
+    import torch
+
     from uiaa_cli.models.engines import open_engine
 
+    torch.backends.cudnn.benchmark = plan.device.startswith("cuda")
     engine = open_engine(str(checkpoint), "torch", plan.device, note=lambda line: None)
     pixels = np.random.default_rng(0).integers(0, 256, (plan.batch, size, size, 3), dtype=np.uint8)
     engine(pixels)
@@ -383,8 +399,18 @@ def main() -> int:
         torch.set_num_threads(1)
     if plan.device.startswith("cuda") and not torch.cuda.is_available():
         print("bench_gpu: no CUDA device here; run it on a GPU machine, or with --smoke for the CPU check")
-        return 0
+        return 1
+    missing = [name for name in ("h5py", "pandas", "pyarrow", "PIL", "torchvision") if not module_found(name)]
+    if missing:
+        print(f"bench_gpu: rows b-e need {', '.join(missing)}, missing here: pip install {' '.join(missing)}")
     rows = set(args.rows.split(","))
+    compile_note = ""
+    if not args.no_compile and plan.device.startswith("cuda"):
+        from uiaa_cli.training.runtime import compile_problem
+
+        problem = compile_problem(torch.device(plan.device))
+        if problem:  # train's --compile auto runs eagerly here too
+            compile_note, args.no_compile = f" (torch.compile cannot run here: {problem})", True
     if args.no_compile:
         plan.compile = "off"
     # Under --smoke the compiled rows would time a C++ build, not a model: they run on CUDA only.
@@ -393,7 +419,8 @@ def main() -> int:
     small, big = plan.sizes
     print(f"bench_gpu{' --smoke' if args.smoke else ''}: {plan.arch}, batch {plan.batch}, on {describe(plan.device)}")
     print(f"autocast: {'bf16' if plan.device.startswith('cuda') else 'none (CPU: float32)'}; "
-          f"{'compiled rows: on' if True in compiled else 'compiled rows: off (CUDA only, or --no-compile)'}\n")
+          f"{'compiled rows: on' if True in compiled else 'compiled rows: off (CUDA only, or --no-compile)'}"
+          f"{compile_note}\n")
     table = Table()
     got = table.rows
     ok = True
@@ -401,7 +428,7 @@ def main() -> int:
         folder = Path(tmp)
         if "a" in rows:
             for size in plan.sizes:
-                for c in compiled:
+                for c in [c for c in compiled if size == big or not c]:  # compiled: train's size only
                     name = f"{plan.arch} fwd+bwd+step, {size} px, {'compiled' if c else 'eager'}, on-device batch"
 
                     def row_a(size: int = size, c: bool = c, name: str = name) -> None:
@@ -423,6 +450,7 @@ def main() -> int:
             def row_b() -> None:
                 b = train_from_cache(plan, need_cache(), folder / "run-cpu", decode="cpu", compile=plan.compile)
                 got["b"], got["b_after_epoch"], got["b_set_up"] = b["rate"], b["after_epoch"], b["set_up"]
+                got["b_val"] = b["val"]
                 got["b_first_extra"] = b["first_epoch"] - b["seen"] / b["rate"]
                 # against the limit the trainer's own setting runs (compiled on CUDA, eager on the CPU)
                 limit = got.get(f"a{big}c", got.get(f"a{big}e"))
@@ -432,7 +460,9 @@ def main() -> int:
             ok &= table.guarded("b", name, row_b, deadline)
 
         if "c" in rows:
-            workers = os.cpu_count() or 1
+            from uiaa_cli.training.runtime import default_workers
+
+            workers = default_workers()  # what the trainer's loader starts
             name = f"loader alone: {workers} CPU worker processes (Pillow), {big} px"
 
             def row_c_cpu() -> None:
@@ -477,7 +507,9 @@ def main() -> int:
                 val_rate = min(got["d_fwd_big"], got.get("c_cpu", got["d_fwd_big"]))
                 test_rate = val_rate * min(1.0, got.get("d_whole", 1.0) / got.get("d_fwd", 1.0))
                 train_s = AVA_EPOCHS * (AVA_TRAIN - AVA_VAL) / got["b"]
-                val_s = AVA_EPOCHS * (AVA_VAL / val_rate + got["b_after_epoch"])
+                # after an epoch: (b)'s own validation, counted in AVA_VAL's already, then the checkpoints
+                after = max(got["b_after_epoch"] - got["b_val"] / val_rate, 0.0)
+                val_s = AVA_EPOCHS * (AVA_VAL / val_rate + after)
                 fixed = got["b_set_up"] + max(got["b_first_extra"], 0.0)
                 test_s = AVA_TEST / test_rate
                 total = train_s + val_s + fixed + test_s

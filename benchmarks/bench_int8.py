@@ -22,6 +22,7 @@ Prints a table with PASS/FAIL; exit status 1 if a bar is missed.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,9 @@ from _common import REPO, machine
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_predict import make_jpegs, make_model, predict_rate  # noqa: E402
+from bench_predict import make_jpegs, make_model  # noqa: E402
+from bench_predict import uiaa as predict_command
+from bench_predict import whole_command as timed_command
 
 
 def uiaa(*args: object) -> subprocess.CompletedProcess:
@@ -44,6 +47,15 @@ def uiaa(*args: object) -> subprocess.CompletedProcess:
     if result.returncode != 0:
         raise SystemExit(f"uiaa {args[0]} failed ({result.returncode}): {result.stderr.strip()[-500:]}")
     return result
+
+
+def predict_rate(photos: Path, model: Path, batch: int, threads: int, workers: int) -> tuple[float, float, int]:
+    """``uiaa predict PHOTOS -m MODEL`` on the CPU with ``threads`` threads: steady images/s (after the
+    first batch), wall seconds, lines (bench_predict's timing of the whole command)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the command's (it inherits this environment)
+    command = predict_command(photos, "-m", model, "--batch-size", batch, "--workers", workers, "--device", "cpu")
+    wall, steady, lines = timed_command(command, batch)
+    return steady, wall, lines
 
 
 def models(tmp: Path, photos: Path, arch: str, size: int) -> tuple[Path, Path, str]:

@@ -62,6 +62,7 @@ def main() -> int:
     steps, rounds = (2, 3) if args.quick else (4, 5)
     n = steps * args.batch_size
 
+    from uiaa_cli.training.checkpoints import Position
     from uiaa_cli.training.report import Reporter
     from uiaa_cli.training.runtime import Dist, StopFlag
     from uiaa_cli.training.settings import TrainSettings
@@ -87,7 +88,8 @@ def main() -> int:
             start = time.perf_counter()
             for _ in range(steps):
                 with trainer.autocast():  # bf16 on CUDA, as training; a no-op on CPU
-                    loss = loss_fn(model(x).float(), y)
+                    # step_net: the network the loop steps full batches through (compiled on CUDA)
+                    loss = loss_fn(trainer.step_net(x).float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -95,9 +97,9 @@ def main() -> int:
             return steps * args.batch_size / (time.perf_counter() - start)
 
         def from_cache() -> float:
-            trainer.position = {"epoch": 0, "step": 0, "loss_sum": 0.0, "seen": 0, "seconds": 0.0}
+            trainer.position = Position()
             trainer.train_epoch(0, stop, quiet)
-            return trainer.position["seen"] / trainer.position["seconds"]
+            return trainer.position.seen / trainer.position.seconds
 
         in_memory(), from_cache()  # warm-up: oneDNN primitives, the page cache
         memory, cached = [], []

@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import run_uiaa
 
 from uiaa_cli.tables.outputs import output_lock
 from uiaa_cli.tables.table import Table, read_table
@@ -31,7 +32,10 @@ TIMEOUT = 60
 
 def run(*args: object, input: bytes | None = None, cwd: Path | None = None, stdout: object = None,
         env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real command (60 s at most); stderr as text."""
+    """The real command (60 s at most), with Pillow's resizer; through conftest.run_uiaa unless
+    ``stdout`` is given (a full disk's file, a closed pipe)."""
+    if stdout is None:
+        return run_uiaa(*args, input=input, cwd=cwd, env={"UIAA_RESIZE": "pillow", **(env or {})}, timeout=TIMEOUT)
     return subprocess.run([sys.executable, "-m", "uiaa_cli", *map(str, args)], input=input, cwd=cwd,
                           stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE,
                           env={**os.environ, "UIAA_RESIZE": "pillow", **(env or {})}, timeout=TIMEOUT)

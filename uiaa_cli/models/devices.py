@@ -2,7 +2,7 @@
 execution providers.
 
 Whether there is a GPU is asked of torch only where a GPU driver is present, so a CPU-only machine
-never imports torch to learn it has none. (Training chooses its device in ``training.runtime``.)
+never imports torch to learn it has none. ``pick_device`` is the one rule for ``--device``, training's too.
 """
 
 from __future__ import annotations
@@ -41,25 +41,36 @@ def gpu_driver_present() -> bool:
     return True  # elsewhere, ask torch
 
 
-def pick_device(name: str) -> Any:
-    """``auto``: CUDA (this process's local rank under torchrun), else MPS, else CPU; a torch.device."""
+def pick_device(name: str, local_rank: int | None = None) -> Any:
+    """``--device`` as a torch.device, for training and for predict's torch engine alike: ``auto``
+    (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` (the process's local rank under torchrun: ``local_rank``,
+    else $LOCAL_RANK, else 0), ``cuda:N`` or ``mps``."""
     import torch
 
+    mps = getattr(torch.backends, "mps", None)
+    mps_here = mps is not None and mps.is_available()
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_here else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UiaaError(f"--device {name}: no CUDA device is available (use --device cpu)")
+        if name == "cuda":
+            rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
+            name = f"cuda:{rank % torch.cuda.device_count()}"
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UiaaError(f"--device {name}: expected cuda or cuda:N") from None
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise UiaaError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        return device
+    if name == "mps":
+        if not mps_here:
+            raise UiaaError("--device mps: MPS is not available here (use --device cpu)")
+        return torch.device("mps")
+    if name == "cpu":
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UiaaError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UiaaError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UiaaError(f"--device {name}: MPS is not available on this machine")
-    return device
+    raise UiaaError(f"--device {name!r}: choose auto, cpu, cuda, cuda:N or mps")
 
 
 def onnx_providers(device: str, available: list[str]) -> tuple[str, list[Any]]:

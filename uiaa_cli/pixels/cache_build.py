@@ -36,6 +36,7 @@ from uiaa_cli.pixels.cache_partial import PartialCache, partial_path
 from uiaa_cli.pixels.cache_store import Store, parse_store
 from uiaa_cli.pixels.cache_workers import BATCH, batch_bounds, decode_batch, ring_view, start_decoders
 from uiaa_cli.pixels.workers import available_cores
+from uiaa_cli.progress import ProgressBar
 from uiaa_cli.tables.formats import file_sha256
 from uiaa_cli.tables.table import Table
 from uiaa_cli.targets.labels import check_label_values
@@ -232,7 +233,8 @@ def _decode_all(pool: ProcessPoolExecutor, ring: Any, slots: int, todo: np.ndarr
             pending.append(pool.submit(decode_batch, (i % slots, str(writer.store),
                                                        [(int(r), str(names[r])) for r in rows])))
 
-    bar = _Progress(progress, len(names), len(names) - len(todo), n_workers)
+    bar = ProgressBar(progress, f"caching ({n_workers} worker{'s' if n_workers > 1 else ''})", len(names),
+                      len(names) - len(todo), rate=True, transient=False)
     # A dead worker breaks the pool: a result and a submit then raise alike, whichever comes first.
     try:
         for _ in range(slots):
@@ -252,48 +254,11 @@ def _decode_all(pool: ProcessPoolExecutor, ring: Any, slots: int, todo: np.ndarr
                                     "run again with --resume", where=at(str(writer.f.filename))) from None
                 submit()
                 for row, reason in skipped:
-                    bar.print(f"uiaa cache: skipped {names[row]}: {reason}", log)
+                    line = f"uiaa cache: skipped {names[row]}: {reason}"
+                    if not bar.line(line):
+                        log(line)
                 report.decoded += len(rows) + len(skipped)
                 bar.advance(len(rows) + len(skipped))
     except BrokenProcessPool:
         raise UiaaError(f"a decoding process died (out of memory? a crash in an image decoder?); "
                         f"{writer.committed:,} images are kept: run again with --resume") from None
-
-
-class _Progress:
-    """A rich progress bar with images/s on stderr, or nothing."""
-
-    def __init__(self, enabled: bool | None, total: int, completed: int, workers: int) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.progress: Any = None
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn(f"caching ({workers} worker{'s' if workers > 1 else ''})"), BarColumn(),
-                MofNCompleteColumn(), TextColumn("{task.fields[rate]} images/s"), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=False,
-            )
-            self.task = self.progress.add_task("cache", total=total, completed=completed, rate="-")
-
-    def __enter__(self) -> _Progress:
-        if self.progress is not None:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def advance(self, n: int) -> None:
-        if self.progress is not None:
-            self.progress.advance(self.task, n)
-            speed = self.progress.tasks[0].speed
-            self.progress.update(self.task, rate=f"{speed:.0f}" if speed else "-")
-
-    def print(self, line: str, log: Callable[[str], None]) -> None:
-        if self.progress is not None:
-            self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
-        else:
-            log(line)

@@ -24,6 +24,7 @@ input's). Ray is imported only when the function runs (the ``ray`` extra).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -94,6 +95,16 @@ def model_config(model: str | os.PathLike, *, exporting: bool) -> tuple[str, dic
     return str(path), load_scorer(path)[1]
 
 
+OUTPUT_COLUMNS = ("image", "shard", "score", "std", "kind", "activation", "error")
+
+
+def passed_through(batch: dict[str, Any], source: str) -> dict[str, Any]:
+    """The input's other columns, carried into the output, but never one the output's own columns
+    would be confused with (a labels table's p_* are votes, not predictions)."""
+    return {k: v for k, v in batch.items()
+            if k != source and k not in OUTPUT_COLUMNS and not k.startswith("p_")}
+
+
 def read_source(ray: Any, source: Any, images: str | os.PathLike | None) -> tuple[Any, str, str | None]:
     """``(dataset, kind, root)`` of ``source``: kind ``webdataset``, ``paths`` (a table's column),
     ``files`` (a folder's bytes) or ``dataset`` (given); ``root``: the folder relative paths of a
@@ -149,10 +160,10 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, kind: str, root: str |
         names = [str(p) for p in batch[column]]
         cells = [p if root is None or os.path.isabs(p) else os.path.join(root, p) for p in names]
         out["image"] = np.asarray(names, dtype=object)
-        out.update({k: v for k, v in batch.items() if k != column})
+        out.update(passed_through(batch, column))
     else:
         cells = list(batch["image"])
-        out.update({k: v for k, v in batch.items() if k != "image"})
+        out.update(passed_through(batch, "image"))
     pixels = np.zeros((n, size, size, 3), dtype=np.uint8)
     errors = [""] * n
     for i, cell in enumerate(cells):
@@ -189,9 +200,7 @@ def predict_on_ray(arguments: list[str], *, model: str | None, output: str | Non
     import time
 
     from uiaa_cli.models.model_files import find_model
-    from uiaa_cli.predict.inputs import Input
-    from uiaa_cli.predict.pipeline import LinesSink, PredictResult, TableSink, json_safe, report_failure
-    from uiaa_cli.tables.table import Table
+    from uiaa_cli.predict.pipeline import PredictResult
 
     try:
         import ray
@@ -208,13 +217,41 @@ def predict_on_ray(arguments: list[str], *, model: str | None, output: str | Non
         ray.data.DataContext.get_current().enable_progress_bars = False
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
-    if gpus and device != "cpu":  # one actor per GPU; decoding on the CPUs
-        options: dict[str, Any] = {"actors": (1, gpus), "num_gpus": 1}
-    else:  # half the CPUs score (one thread each), the rest read and decode
-        options = {"actors": max(1, cpus // 2), "cpus_per_actor": 1, "decode_cpus": 1 if cpus > 1 else 0.5}
+    # Every stage must find a CPU free: an actor holding the only one would starve the reads and hang.
+    if gpus and device != "cpu":  # one actor per GPU, as many as leave a CPU to the reads
+        options: dict[str, Any] = {"actors": (1, max(1, min(gpus, cpus - 1))), "num_gpus": 1,
+                                   **({} if cpus > 1 else {"cpus_per_actor": 0.5, "decode_cpus": 0.5})}
+    elif cpus > 1:  # half the CPUs score (one thread each), the rest read and decode
+        options = {"actors": cpus // 2, "cpus_per_actor": 1, "decode_cpus": 1}
+    else:  # one CPU: half of it each (Ray then fuses the two stages)
+        options = {"actors": 1, "cpus_per_actor": 0.5, "decode_cpus": 0.5}
     source = arguments if len(arguments) > 1 else arguments[0]
     start = time.perf_counter()
     ds = score_dataset(source, path, images=images, batch_size=batch_size, engine=engine, device=device, **options)
+    scored, failed = write_scores(ds, str(path), output, fmt, address)
+    if not (scored or failed):
+        raise UiaaError("no inputs: nothing to score")
+    return PredictResult(scored, failed, time.perf_counter() - start)
+
+
+def write_scores(ds: Any, path: str, output: str | None, fmt: str | None, address: str) -> tuple[int, int]:
+    """The scored dataset's rows as predict writes them (lines, or the table -o), failures reported:
+    (scored, failed). An error or Ctrl-C mid-stream leaves no half-written -o behind."""
+    sinks: list[Any] = []
+    try:
+        return _write_scores(ds, path, output, fmt, address, sinks.append)
+    except BaseException:
+        for sink in sinks:
+            sink.interrupted()
+        raise
+
+
+def _write_scores(ds: Any, path: str, output: str | None, fmt: str | None, address: str,
+                  opened: Callable[[Any], None]) -> tuple[int, int]:
+    from uiaa_cli.predict.inputs import Input
+    from uiaa_cli.predict.pipeline import LinesSink, TableSink, json_safe, report_failure
+    from uiaa_cli.tables.table import Table
+
     sink = None
     scored = failed = 0
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
@@ -229,6 +266,7 @@ def predict_on_ray(arguments: list[str], *, model: str | None, output: str | Non
             head = {key: str(batch[key][0]) for key in ("kind", "activation") if len(batch[key])}
             attrs = {"uiaa": "predict", "model": str(path), **head, "config": json_safe({"ray": address})}
             sink = LinesSink() if output is None else TableSink(output, fmt, attrs)
+            opened(sink)
         if good.any():
             values = {c: np.asarray(batch[c])[good] for c in columns}
             for c in ("image", "shard", "kind", "activation"):
@@ -239,6 +277,4 @@ def predict_on_ray(arguments: list[str], *, model: str | None, output: str | Non
         failed += int((~good).sum())
     if sink is not None:
         sink.close(0, "", failed)
-    if not (scored or failed):
-        raise UiaaError("no inputs: nothing to score")
-    return PredictResult(scored, failed, time.perf_counter() - start)
+    return scored, failed

@@ -32,6 +32,7 @@ import numpy as np
 from uiaa_cli.errors import UiaaError
 from uiaa_cli.evaluation import HEAD_COLUMNS, head_record
 from uiaa_cli.predict.inputs import Input, open_inputs, parse_shard, select_shard
+from uiaa_cli.progress import ProgressBar
 from uiaa_cli.tables.formats import file_sha256
 from uiaa_cli.tables.table import Table
 
@@ -146,7 +147,7 @@ def score_all(scorer: Any, items: Iterator[Input], sink: Sink, columns: list[str
     carried = sink.carried
     items = sink.skip(items, names)
     scored = 0
-    with progress_bar(None, progress) as advance:
+    with ProgressBar(progress, "predict", remaining=False) as bar:
         try:
             for batch in decoded_batches(items, size, batch_size, workers):
                 for position, message in batch.errors:
@@ -162,7 +163,7 @@ def score_all(scorer: Any, items: Iterator[Input], sink: Sink, columns: list[str
                 done += len(batch.inputs)
                 failed += len(batch.errors)
                 sink.batch_done(done, names.hexdigest(), failed)
-                advance(len(batch.inputs))
+                bar.advance(len(batch.inputs))
         except KeyboardInterrupt:
             sink.interrupted()
             raise
@@ -426,28 +427,3 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
-
-
-class progress_bar:
-    """A rich progress bar on stderr when wanted; otherwise nothing (pipes and logs stay clean)."""
-
-    def __init__(self, total: int | None, show: bool) -> None:
-        self.total, self.show = total, show
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.show:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=Console(stderr=True), transient=True,
-                            redirect_stdout=False)  # stdout carries the scores; stderr lines go above the bar
-        self.bar.__enter__()
-        task = self.bar.add_task("predict", total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.show:
-            self.bar.__exit__(*exc)
-

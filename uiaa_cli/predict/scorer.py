@@ -248,7 +248,8 @@ class Scorer:
         n = len(items)
         score, std = np.full(n, np.nan), np.full(n, np.nan)
         probs = np.full((n, len(self.targets)), np.nan)
-        failures = [str(e) if e else "" for e in known] if known is not None else [""] * n
+        # Only a non-empty text is an error: a missing cell (None, or NaN from a pandas batch) is none.
+        failures = [e if isinstance(e, str) else "" for e in known] if known is not None else [""] * n
         for start in range(0, n, self.batch_size):
             good, pixels = [], []
             for i in range(start, min(start + self.batch_size, n)):

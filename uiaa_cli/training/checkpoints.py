@@ -15,7 +15,7 @@ and resumed ends with the same weights as one never stopped.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,25 @@ from uiaa_cli.training.run_data import RunData
 from uiaa_cli.training.settings import TrainSettings
 
 
-def start_position(epoch: int = 0) -> dict[str, Any]:
-    """Where a run stands at the start of ``epoch``: its step and the epoch's loss sum, images and time so far."""
-    return {"epoch": epoch, "step": 0, "loss_sum": 0.0, "seen": 0, "seconds": 0.0}
+@dataclass
+class Position:
+    """Where a run stands: the epoch and the step reached in it, and that epoch's loss sum, images and
+    seconds so far (``last.pt`` holds it as a dict, beside the RNG states)."""
+
+    epoch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def saved(cls, resume: dict[str, Any]) -> Position:
+        """The position a checkpoint's ``resume`` dict holds."""
+        return cls(**{f.name: resume[f.name] for f in fields(cls)})
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
 
 
 def run_config(settings: TrainSettings, data: RunData, row: dict[str, Any] | None) -> dict[str, Any]:
@@ -41,10 +57,10 @@ def run_config(settings: TrainSettings, data: RunData, row: dict[str, Any] | Non
                        epoch=row["epoch"] if row else 0, metrics=row or {})
 
 
-def resume_state(optimizer: torch.optim.Optimizer, position: dict[str, Any], history: list[dict[str, Any]],
+def resume_state(optimizer: torch.optim.Optimizer, position: Position, history: list[dict[str, Any]],
                  settings: TrainSettings, cuda: bool) -> dict[str, Any]:
     """What ``last.pt`` holds beyond the model and its config."""
-    resume = dict(position, rng=torch.get_rng_state())
+    resume = dict(asdict(position), rng=torch.get_rng_state())
     if cuda:
         resume["cuda_rng"] = torch.cuda.get_rng_state_all()
     saved = asdict(settings)

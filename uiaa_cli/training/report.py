@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from uiaa_cli.progress import ProgressBar
 from uiaa_cli.tables.table import Table
 from uiaa_cli.training.settings import SELECT_RULES, best_epoch
 
@@ -17,45 +18,25 @@ if TYPE_CHECKING:
 
 
 class Reporter:
-    """A rich progress bar (loss, images/s) on stderr, or one line per epoch; silent off rank 0."""
+    """A progress bar (loss, images/s) on stderr, or one line per epoch; silent off rank 0."""
 
     def __init__(self, enabled: bool, bar: bool | None) -> None:
         self.enabled = enabled
-        self.bar = enabled and (sys.stderr.isatty() if bar is None else bar)
-        self.progress = None
-        if self.bar:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s"), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=True)
-            self.progress.start()
-        self.task = None
+        self.bar = ProgressBar(bar if enabled else False, None,
+                               fields="loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s").__enter__()
 
     def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        if self.progress is not None:
-            if self.task is not None:
-                self.progress.remove_task(self.task)
-            self.task = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=steps, completed=done,
-                                               loss=float("nan"), ips=0.0)
+        self.bar.restart(f"epoch {epoch + 1}/{epochs}", total=steps, completed=done, loss=float("nan"), ips=0.0)
 
     def step(self, loss: float, ips: float) -> None:
-        if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, advance=1, loss=loss, ips=ips)
+        self.bar.advance(1, loss=loss, ips=ips)
 
     def line(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.progress is not None:
-            self.progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
-        else:
+        if self.enabled and not self.bar.line(text):
             print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self.bar.__exit__(None, None, None)
 
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:

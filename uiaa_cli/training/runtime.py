@@ -12,6 +12,7 @@ At the end, the speed paths of CUDA (``--compile``, the fused SGD step, the load
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import Callable
@@ -104,31 +105,6 @@ class Dist:
             td.destroy_process_group()
 
 
-def pick_device(name: str, dist: Dist) -> torch.device:
-    """``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UiaaError(f"--device {name}: no CUDA device is available (use --device cpu)")
-        if name == "cuda":
-            name = f"cuda:{dist.local_rank}" if dist.on else "cuda:0"
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise UiaaError(f"--device {name}: expected cuda or cuda:N") from None
-        if (device.index or 0) >= torch.cuda.device_count():
-            raise UiaaError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-        return device
-    if name == "mps":
-        if not torch.backends.mps.is_available():
-            raise UiaaError("--device mps: MPS is not available here (use --device cpu)")
-        return torch.device("mps")
-    if name == "cpu":
-        return torch.device("cpu")
-    raise UiaaError(f"--device {name!r}: choose auto, cpu, cuda, cuda:N or mps")
-
-
 def autocast_for(device: torch.device) -> Callable[[], AbstractContextManager[Any]]:
     """The context the forward pass runs in: bf16 autocast on a CUDA device that has it, else none."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -213,11 +189,29 @@ def compile_wanted(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
-def compiled(model: nn.Module, device: torch.device) -> nn.Module:
+def compiled(model: nn.Module, device: torch.device, required: bool = True) -> nn.Module:
     """``torch.compile`` of the network for training steps (inductor, default mode: no CUDA graphs,
-    whose captured memory would hold the loader's pinned batches). Its parameters are the model's,
-    so checkpoints and validation keep using the uncompiled module."""
-    return torch.compile(model)  # type: ignore[return-value]
+    whose captured memory would hold the loader's pinned batches; static shapes: the short last
+    batch steps eagerly). Its parameters are the model's, so checkpoints and validation keep using
+    the uncompiled module. Where compiling cannot work (no C compiler or Triton, say), the model
+    itself, or with ``required`` (``--compile on``) one line saying why."""
+    problem = compile_problem(device)
+    if problem is None:
+        return torch.compile(model, dynamic=False)  # type: ignore[return-value]
+    if required:
+        raise UiaaError(f"--compile on: torch.compile cannot run on {device} here ({problem}); use --compile off")
+    return model
+
+
+@functools.cache
+def compile_problem(device: torch.device) -> str | None:
+    """Why ``torch.compile`` fails on ``device`` (its first line), found by compiling and running a
+    tiny function there; None when it works. It costs a few seconds, once per process."""
+    try:
+        torch.compile(lambda t: torch.relu(t) + 1, dynamic=False)(torch.ones(8, device=device))
+    except Exception as e:  # noqa: BLE001 - a missing compiler, Triton, Python.h: each its own type
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return None
 
 
 def make_optimizer(params: Any, *, lr: float, momentum: float, weight_decay: float,

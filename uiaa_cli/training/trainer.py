@@ -26,6 +26,7 @@ import torch
 
 from uiaa_cli.errors import ExitStatus, UiaaError, at
 from uiaa_cli.losses import loss_function
+from uiaa_cli.models.devices import pick_device
 from uiaa_cli.models.networks import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -35,13 +36,13 @@ from uiaa_cli.models.networks import (
     start_linear_head_at,
 )
 from uiaa_cli.training.checkpoints import (
+    Position,
     load_resume,
     restore_rng,
     restore_weights,
     resume_state,
     resumed,
     run_config,
-    start_position,
 )
 from uiaa_cli.training.data import CacheSource, Normalise, Source, epoch_batches, flip_mask
 from uiaa_cli.training.inputs import Inputs
@@ -58,7 +59,6 @@ from uiaa_cli.training.runtime import (
     fit_optimizer,
     init_distributed,
     make_optimizer,
-    pick_device,
 )
 from uiaa_cli.training.settings import TrainSettings, best_epoch, default_lr, default_weight_decay, epoch_lr
 from uiaa_cli.training.validation import gather_rows, no_metrics, val_metrics
@@ -84,7 +84,7 @@ class Trainer:
         if s.out and dist.main:  # before any work: a run that cannot be saved is not started
             self.folder.reserve(Path(s.out))
         s.check()
-        self.device = pick_device(s.device, dist)
+        self.device = pick_device(s.device, dist.local_rank if dist.on else 0)
         self.cuda = self.device.type == "cuda"
         if self.cuda:  # one shape per run (and one for the last batch): cuDNN picks its fastest kernels once
             torch.backends.cudnn.benchmark = True
@@ -95,7 +95,7 @@ class Trainer:
         self.weight_decay = s.weight_decay if s.weight_decay is not None else default_weight_decay(s.arch)
         self.setup_model(saved)
         self.history: list[dict[str, Any]] = list(saved["history"]) if saved else []
-        self.position = dict(saved["resume"]) if saved else start_position()
+        self.position = Position.saved(saved["resume"]) if saved else Position()
         self.trained = 0  # images the last epoch trained on (for the message when no epoch is sound)
         if saved:
             restore_rng(saved, self.cuda)
@@ -122,7 +122,8 @@ class Trainer:
         self.net = self.dist.wrap(model, self.device)
         # Full batches step through the compiled network; the short last one eagerly (same weights, no
         # second compilation for its shape).
-        self.step_net = compiled(self.net, self.device) if compile_wanted(s.compile, self.device) else self.net
+        self.step_net = compiled(self.net, self.device, required=s.compile == "on") \
+            if compile_wanted(s.compile, self.device) else self.net
         self.loss_fn = loss_function(s.loss)
         self.activation = activation_for(s.loss)
         self.normalise = Normalise(list(IMAGENET_MEAN), list(IMAGENET_STD), self.device, channels_last=self.cuda)
@@ -139,11 +140,11 @@ class Trainer:
 
     def run(self, reporter: Reporter) -> Path:
         s = self.settings
-        if self.position["epoch"] >= s.epochs:
+        if self.position.epoch >= s.epochs:
             reporter.line(f"uiaa train: {self.out} already finished its {s.epochs} epochs")
             return self.out
         with StopFlag() as stop:
-            for epoch in range(self.position["epoch"], s.epochs):
+            for epoch in range(self.position.epoch, s.epochs):
                 self.train_epoch(epoch, stop, reporter)
                 self.end_epoch(epoch, reporter)
                 # A signal during validation: last.pt already resumes at the next epoch.
@@ -158,14 +159,14 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batches = epoch_batches(len(data.train_rows), s.batch_size, s.seed, epoch, rank=dist.rank, world=dist.world)
-        first = pos["step"]
+        first = pos.step
         reporter.start_epoch(epoch, s.epochs, len(batches), first)
         self.net.train()
         started, images = time.perf_counter(), 0
         rows_iter = data.source.batches(data.train_rows[b] for b in batches[first:])
         for step, (pixels, rows) in enumerate(rows_iter, start=first):
             if not self.usable(rows):  # its images could not be read: BatchNorm cannot train on < 2
-                pos["step"] = step + 1
+                pos.step = step + 1
                 continue
             x = self.normalise(pixels, flip_mask(len(rows), s.seed, epoch, step, dist.rank))
             y = torch.from_numpy(data.labels.targets[rows])
@@ -184,20 +185,20 @@ class Trainer:
             if not math.isfinite(loss_sum):
                 self.nan_stop(loss_sum, epoch, step, lr)
             self.optimizer.step()
-            pos.update(step=step + 1, loss_sum=pos["loss_sum"] + loss_sum, seen=pos["seen"] + int(seen))
+            pos.step, pos.loss_sum, pos.seen = step + 1, pos.loss_sum + loss_sum, pos.seen + int(seen)
             images += int(seen)
             elapsed = time.perf_counter() - started
-            reporter.step(pos["loss_sum"] / max(pos["seen"], 1), images / max(elapsed, 1e-9))  # running mean
+            reporter.step(pos.mean_loss, images / max(elapsed, 1e-9))  # running mean
             if stopping:
-                pos["seconds"] += elapsed
+                pos.seconds += elapsed
                 path = self.save("last.pt", self.history[-1] if self.history else None, True) \
                     if dist.main else self.out / "last.pt"
                 dist.barrier()
                 raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step + 1}: saved {path}; "
                                   f"continue with: uiaa train --resume {self.out}")
-        pos["seconds"] += time.perf_counter() - started
+        pos.seconds += time.perf_counter() - started
         report_failures(data.source, reporter, dist.main)
-        if not pos["seen"]:  # a failed run (exit 1), as one without a sound epoch
+        if not pos.seen:  # a failed run (exit 1), as one without a sound epoch
             raise UiaaError(f"no training step was made: (almost) none of the {len(data.train_rows):,} training "
                             "images could be read (see the lines above; is --images the right folder?)",
                             where=at(str(s.data)), status=ExitStatus.INCOMPLETE)
@@ -218,18 +219,19 @@ class Trainer:
     def end_epoch(self, epoch: int, reporter: Reporter) -> None:
         pos = self.position
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": epoch_lr(*self.lr, epoch, self.settings.epochs),
-                               "train_loss": pos["loss_sum"] / max(pos["seen"], 1)}
+                               "train_loss": pos.mean_loss}
         row.update(self.validate(reporter))
-        row.update(images_per_s=pos["seen"] / max(pos["seconds"], 1e-9), seconds=pos["seconds"])
+        row.update(images_per_s=pos.seen / max(pos.seconds, 1e-9), seconds=pos.seconds)
         self.history.append(row)
-        self.trained = pos["seen"]
-        self.position = start_position(epoch + 1)
+        self.trained = pos.seen
+        self.position = Position(epoch + 1)
         if self.dist.main:
             write_history(self.out / "metrics.csv", self.history)
-            self.save("last.pt", row, True)
             # Only a sound epoch (finite validation) is ever best.pt: a NaN one is kept in last.pt alone.
+            # best.pt first: a run killed between the two resumes this epoch, never skips its best.pt.
             if best_epoch(self.history, self.settings.select, self.validated) == len(self.history) - 1:
                 self.save("best.pt", row, False)
+            self.save("last.pt", row, True)
             point_latest(self.out)
             reporter.line(epoch_line(row, self.settings.epochs))
         self.dist.barrier()
