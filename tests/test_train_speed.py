@@ -113,3 +113,28 @@ def test_trainer_on_cpu_steps_the_eager_network_with_torch_sgd(jpeg_cache: Path,
         trainer.close()
     with pytest.raises(UiaaError, match="choose one of auto, on, off"):
         TrainSettings(data=str(jpeg_cache), compile="sometimes").check()
+
+
+def test_compile_auto_that_cannot_build_trains_eagerly_and_says_so(
+        jpeg_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    # As on a CUDA machine whose torch.compile lacks Triton: auto falls back with a line, on is an error.
+    from uiaa_cli.training import trainer as trainer_module
+    from uiaa_cli.training.report import Reporter
+    from uiaa_cli.training.runtime import Dist
+    from uiaa_cli.training.settings import TrainSettings
+
+    monkeypatch.setattr(trainer_module, "compile_wanted", lambda setting, device: setting != "off")
+    monkeypatch.setattr(runtime, "compile_problem", lambda device: "no Triton here")
+    monkeypatch.setattr(trainer_module, "compile_problem", lambda device: "no Triton here")
+    settings = TrainSettings(data=str(jpeg_cache), arch="resnet18", weights="none", epochs=1, device="cpu",
+                             out=str(tmp_path / "run"), workers=0)
+    trainer = trainer_module.Trainer(settings, Dist())
+    try:
+        assert trainer.step_net is trainer.net
+        trainer.run(Reporter(True, False))
+    finally:
+        trainer.close()
+    assert "torch.compile cannot run on cpu here (no Triton here); training eagerly" in capsys.readouterr().err
+    with pytest.raises(UiaaError, match="--compile on: .*no Triton here"):
+        trainer_module.Trainer(TrainSettings(data=str(jpeg_cache), arch="resnet18", weights="none", epochs=1,
+                                             device="cpu", out=str(tmp_path / "on"), compile="on"), Dist())

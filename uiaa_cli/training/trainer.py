@@ -52,13 +52,16 @@ from uiaa_cli.training.run_folder import RunFolder, point_latest, run_folder, wi
 from uiaa_cli.training.runtime import (
     Dist,
     Interrupted,
+    StepTotals,
     StopFlag,
     autocast_for,
+    compile_problem,
     compile_wanted,
     compiled,
     fit_optimizer,
     init_distributed,
     make_optimizer,
+    readback_lag,
 )
 from uiaa_cli.training.settings import TrainSettings, best_epoch, default_lr, default_weight_decay, epoch_lr
 from uiaa_cli.training.validation import gather_rows, no_metrics, val_metrics
@@ -143,6 +146,9 @@ class Trainer:
         if self.position.epoch >= s.epochs:
             reporter.line(f"uiaa train: {self.out} already finished its {s.epochs} epochs")
             return self.out
+        if self.step_net is self.net and compile_wanted(s.compile, self.device):  # --compile auto fell back
+            reporter.line(f"uiaa train: torch.compile cannot run on {self.device} here "
+                          f"({compile_problem(self.device)}); training eagerly")
         with StopFlag() as stop:
             for epoch in range(self.position.epoch, s.epochs):
                 self.train_epoch(epoch, stop, reporter)
@@ -162,7 +168,29 @@ class Trainer:
         first = pos.step
         reporter.start_epoch(epoch, s.epochs, len(batches), first)
         self.net.train()
-        started, images = time.perf_counter(), 0
+        started, seen_before = time.perf_counter(), pos.seen
+        totals = StepTotals(readback_lag(self.device))
+
+        def fold(keep: int) -> None:
+            """Add the steps read back (all but the last ``keep``) to the position; a NaN or a stop
+            flag among them ends the run, once every step taken is counted."""
+            stopping = False
+            while (done := totals.pop(0 if stopping else keep)) is not None:
+                step, (loss_sum, seen, stop_flag) = done
+                if not math.isfinite(loss_sum):
+                    self.nan_stop(loss_sum, epoch, step, lr)
+                pos.loss_sum, pos.seen = pos.loss_sum + loss_sum, pos.seen + int(seen)
+                images_per_s = (pos.seen - seen_before) / max(time.perf_counter() - started, 1e-9)
+                reporter.step(pos.mean_loss, images_per_s)  # running mean
+                stopping = stopping or bool(stop_flag)
+            if stopping:
+                pos.seconds += time.perf_counter() - started
+                path = self.save("last.pt", self.history[-1] if self.history else None, True) \
+                    if dist.main else self.out / "last.pt"
+                dist.barrier()
+                raise Interrupted(f"interrupted at epoch {epoch + 1}, step {pos.step}: saved {path}; "
+                                  f"continue with: uiaa train --resume {self.out}")
+
         rows_iter = data.source.batches(data.train_rows[b] for b in batches[first:])
         for step, (pixels, rows) in enumerate(rows_iter, start=first):
             if not self.usable(rows):  # its images could not be read: BatchNorm cannot train on < 2
@@ -181,21 +209,11 @@ class Trainer:
                                  torch.tensor(float(len(rows)), device=self.device),
                                  torch.tensor(float(stop.step()), device=self.device)])
             dist.sum(stats)
-            loss_sum, seen, stopping = stats.tolist()
-            if not math.isfinite(loss_sum):
-                self.nan_stop(loss_sum, epoch, step, lr)
+            totals.push(step, stats)
             self.optimizer.step()
-            pos.step, pos.loss_sum, pos.seen = step + 1, pos.loss_sum + loss_sum, pos.seen + int(seen)
-            images += int(seen)
-            elapsed = time.perf_counter() - started
-            reporter.step(pos.mean_loss, images / max(elapsed, 1e-9))  # running mean
-            if stopping:
-                pos.seconds += elapsed
-                path = self.save("last.pt", self.history[-1] if self.history else None, True) \
-                    if dist.main else self.out / "last.pt"
-                dist.barrier()
-                raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step + 1}: saved {path}; "
-                                  f"continue with: uiaa train --resume {self.out}")
+            pos.step = step + 1
+            fold(totals.lag)
+        fold(0)
         pos.seconds += time.perf_counter() - started
         report_failures(data.source, reporter, dist.main)
         if not pos.seen:  # a failed run (exit 1), as one without a sound epoch
