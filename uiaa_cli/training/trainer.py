@@ -153,8 +153,8 @@ class Trainer:
             for epoch in range(self.position.epoch, s.epochs):
                 self.train_epoch(epoch, stop, reporter)
                 self.end_epoch(epoch, reporter)
-                # A signal during validation: last.pt already resumes at the next epoch.
-                if stop.requested and not self.dist.on and epoch + 1 < s.epochs:
+                # A signal during validation (on any rank): last.pt already resumes at the next epoch.
+                if epoch + 1 < s.epochs and not self.dist.all(not stop.requested, self.device):
                     raise Interrupted(f"interrupted after epoch {epoch + 1}: saved {self.out / 'last.pt'}; "
                                       f"continue with: uiaa train --resume {self.out}")
         return self.out
