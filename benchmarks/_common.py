@@ -47,14 +47,15 @@ def uiaa_exe() -> str:
     return str(exe) if exe.exists() else "uiaa"
 
 
-def report(title: str, rows: list[tuple[str, str, str, bool]]) -> bool:
-    """Print ``what | measured | bar | PASS/FAIL`` rows; True if every bar is met."""
+def report(title: str, rows: list[tuple[str, str, str, bool | None]]) -> bool:
+    """Print ``what | measured | bar | PASS/FAIL`` rows (``ok`` None: a figure reported, no bar);
+    True if every bar is met."""
     print(f"\n{title}\nmachine: {machine()}\n")
     width = max(len(r[0]) for r in rows)
     print(f"{'what':<{width}}  {'measured':>22}  {'bar':>14}  result")
     for what, measured, bar, ok in rows:
-        print(f"{what:<{width}}  {measured:>22}  {bar:>14}  {'PASS' if ok else 'FAIL'}")
-    return all(r[3] for r in rows)
+        print(f"{what:<{width}}  {measured:>22}  {bar:>14}  {'' if ok is None else 'PASS' if ok else 'FAIL'}")
+    return all(r[3] is not False for r in rows)
 
 
 class TreeMemory:

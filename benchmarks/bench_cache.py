@@ -1,11 +1,12 @@
 """``uiaa cache`` on a folder of 800x600 JPEGs: 1 against 2 workers, against the fastest bare
 decoder on this machine, peak memory at N and 10N images, and the light start (no torch).
 
-Bars (SPEC §4): 2 workers >= 1.7x one worker; per-image cost within 1.5x of the fastest bare
+Bars (SPEC §4): 2 workers >= 1.7x one worker; per-image cost within 2x of the fastest bare
 decode+resize; peak memory (main process plus workers) within 10% from N to 10N images; a cache of
-one image under 1 s wall and 300 MB peak; images/s at 128 and 384 px no lower than the previous
-release's, which imported torch for its resize (reproduced here by loading torch before the command:
-``images._resize`` uses torch's kernel when the process has it).
+one image under 1 s wall and 300 MB peak. Reported without a bar (SPEC §4 decided that ``cache``
+stays torch-free, its Pillow resize costing up to 1.9x torch's kernel): images/s at 128 and 384 px
+against the previous release's, which imported torch for its resize (reproduced here by loading
+torch before the command: ``images._resize`` uses torch's kernel when the process has it).
 
 The cache runs are ``build_cache`` in this process (Python and torch already imported), so the
 figures are the steady cost per image, not the command's start-up; the memory runs are whole
@@ -328,10 +329,10 @@ def light_start(tmp: Path, n: int, repeat: int) -> list[tuple[str, str, str, boo
         print(f"  {f'{size} px: whole command':<26} {f'{wn:.2f} s = {n / wn:.0f}/s':>26} "
               f"{f'{wt:.2f} s = {n / wt:.0f}/s':>26}")
         rows.append((f"{size} px images/s, now / before (phase)", f"{rn:.0f} / {rt:.0f} = {rn / rt:.2f}x",
-                     ">= 1.00x", rn >= rt))
+                     "", None))
         ratio = cpu[(size, True)] / cpu[(size, False)]  # images/s on idle cores go as 1 / CPU per image
-        rows.append((f"{size} px decode CPU/image, before / now", f"{ratio:.2f}x", ">= 1.00x", ratio >= 1.0))
-        rows.append((f"{size} px images/s, now / before (command)", f"{wt / wn:.2f}x", ">= 1.00x", wn <= wt))
+        rows.append((f"{size} px decode CPU/image, before / now", f"{ratio:.2f}x", "", None))
+        rows.append((f"{size} px images/s, now / before (command)", f"{wt / wn:.2f}x", "", None))
     import_seconds = best_of(lambda: subprocess.run([sys.executable, "-c", "import torch"], check=True), 2)
     print(f"\nresize alone, one thread, after a draft decode (ms per image); import torch takes "
           f"{import_seconds:.2f} s here:")
@@ -424,7 +425,7 @@ def main() -> None:
     ok = report(f"uiaa cache ({'quick' if args.quick else 'full'} run)", [
         ("2 workers / 1 worker (images/s)", f"{one / two:.2f}x", ">= 1.70x", one / two >= 1.7),
         ("cache (1 worker) / fastest bare per image", f"{per_image * 1e3:.2f} / {fastest * 1e3:.2f} ms = "
-         f"{per_image / fastest:.2f}x", "<= 1.50x", per_image / fastest <= 1.5),
+         f"{per_image / fastest:.2f}x", "<= 2.00x", per_image / fastest <= 2.0),
         (f"peak RSS {10 * n_memory} / {n_memory} images", f"{rss_10n:.0f} / {rss_n:.0f} MB = {rss_10n / rss_n:.3f}",
          "<= 1.10", rss_10n / rss_n <= 1.10),
         *light_rows,

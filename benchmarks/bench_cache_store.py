@@ -1,8 +1,9 @@
 """``uiaa cache --store raw|jpeg|png``: size, fidelity, build, read, train and predict speed.
 
-Bars (issue 12), at 384 px from 800x600 photos unless said otherwise:
+Bars (SPEC §4 and issue 12), at 384 px from 800x600 photos unless said otherwise:
 
-- ``jpeg`` (quality 95) bytes per image <= 15 % of raw, PSNR of the stored pixels against raw >= 40 dB;
+- ``jpeg`` (quality 95) bytes per image <= 20 % of raw (SPEC §4; issue 12 asked for 15 %), PSNR of
+  the stored pixels against raw >= 40 dB;
 - training from a ``jpeg`` cache >= 90 % of the images/s from a ``raw`` cache (resnet18, 128 px,
   batch 32, 2 loader workers, the real training loop, both sides alternating in one run);
 - predict likewise: ``CacheReader.read`` batches (predict's and dedupe's path) and the whole
@@ -280,7 +281,7 @@ def main() -> int:
                   f"{costs[store]:>9.2f} {per_image * AVA / 1e9:>6.1f} GB {AVA * costs[store] / 2e3 / 60:>6.0f} min")
         jpeg_share, jpeg_psnr = results["jpeg"][0] / raw_bytes, results["jpeg"][1]
         rows += [
-            ("jpeg bytes per image / raw (384 px)", f"{jpeg_share:.1%}", "<= 15%", jpeg_share <= 0.15),
+            ("jpeg bytes per image / raw (384 px)", f"{jpeg_share:.1%}", "<= 20%", jpeg_share <= 0.20),
             ("jpeg PSNR against raw, mean (min)", f"{jpeg_psnr.mean():.1f} ({jpeg_psnr.min():.1f}) dB", ">= 40 dB",
              jpeg_psnr.mean() >= 40),
         ]
