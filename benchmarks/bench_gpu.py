@@ -104,7 +104,7 @@ def synchronize(device: str) -> None:
     import torch
 
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(torch.device(device))  # --device cuda:N is not the current device
 
 
 def module_found(name: str) -> bool:

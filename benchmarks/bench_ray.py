@@ -36,6 +36,8 @@ from PIL import Image
 from _common import REPO, report
 
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+from photo_files import make_checkpoint  # noqa: E402  - the tests' untrained uiaa checkpoint, exported
 
 NUMBERS = ["score", "std", *[f"p_{j}" for j in range(1, 11)]]
 
@@ -61,21 +63,6 @@ def make_shards(folder: Path, images: int, shards: int, seed: int = 0) -> list[P
     for tar in tars:
         tar.close()
     return paths
-
-
-def make_model(path: Path, size: int) -> Path:
-    import torch
-
-    from uiaa_cli.models import networks as models
-    from uiaa_cli.models.graphs import exported_graph
-
-    torch.manual_seed(0)
-    model = models.build_model("resnet18", 10, "none")
-    config = models.make_config(arch="resnet18", size=size, bins=list(range(1, 11)), kind="gauss-mv",
-                                targets=[f"p_{i}" for i in range(1, 11)], loss="ce")
-    models.save_checkpoint(path, model, config)
-    exported_graph(path, note=lambda message: None)
-    return path
 
 
 def predict_run(shards: list[Path], model: Path, out: Path) -> float:
@@ -144,7 +131,7 @@ def main() -> int:
         root = Path(tmp)
         os.environ.setdefault("XDG_CACHE_HOME", str(root / "cache"))
         shards = make_shards(root / "shards", args.images, args.shards)
-        model = make_model(root / "model.pt", args.size)
+        model = make_checkpoint(root / "model.pt", size=args.size)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:

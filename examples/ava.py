@@ -84,18 +84,21 @@ def split_counts(ava: Path) -> tuple[int, int]:
 
 
 def pick_device(name: str) -> tuple[str, str]:
-    """(the device train will use, its description), as ``uiaa train --device auto`` picks."""
+    """(the device train will use, its description), by train's own rule (models/devices.pick_device)."""
     import torch
 
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name.startswith("cuda") and torch.cuda.is_available():
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index < torch.cuda.device_count():
-            return name, torch.cuda.get_device_name(index)
-    if name == "cpu":
-        return name, f"CPU, {os.cpu_count()} cores"
-    return name, name  # mps, or a CUDA device that is not here (train says so in one line)
+    from uiaa_cli.errors import UiaaError
+    from uiaa_cli.models.devices import pick_device as device_rule
+
+    try:
+        device = device_rule(name)
+    except UiaaError:
+        return name, name  # a device that is not here: train says so in one line
+    if device.type == "cuda":
+        return str(device), torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return "cpu", f"CPU, {os.cpu_count()} cores"
+    return str(device), str(device)
 
 
 def train_rate(device: str, description: str, arch: str, size: int) -> float:

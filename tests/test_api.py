@@ -98,6 +98,20 @@ def test_evaluate_equals_the_evaluate_command(uiaa, folder, tmp_path):
     assert evaluate(tmp_path / "preds.csv", tmp_path / "labels.csv")["metrics"] == ours["metrics"]
 
 
+def test_evaluate_leaves_out_the_images_the_scorer_could_not_read():
+    # Scorer.score keeps an unreadable image as a row with a NaN score and its reason: evaluate pairs the rest.
+    from scipy.stats import spearmanr
+
+    labels = make_labels(pd.DataFrame({"image": ["a", "b", "c", "d"], "1": [0, 3, 1, 2], "2": [1, 1, 2, 2],
+                                       "3": [3, 0, 1, 0]}))
+    preds = pd.DataFrame({"image": ["a", "b", "c", "d"], "score": [2.9, 1.1, 2.2, np.nan],
+                          "error": ["", "", "", "cannot identify image file"]})
+    result = evaluate(preds, labels)
+    assert result["images"] == 3
+    means = labels.set_index("image").loc[["a", "b", "c"], "mean"]
+    assert result["metrics"]["srcc"] == pytest.approx(spearmanr([2.9, 1.1, 2.2], means).statistic)
+
+
 def test_scorer_equals_predict_on_the_same_files(uiaa, folder, tmp_path):
     paths = sorted(str(p) for p in (folder / "photos").glob("*.jpg"))
     result = uiaa("predict", *paths, "-m", folder / "model.pt", "-o", tmp_path / "preds.csv")

@@ -312,6 +312,43 @@ def test_bad_models_and_choices_are_one_line_errors(setup, tmp_path: Path):
         assert "Traceback" not in message
 
 
+def test_bf16_scores_stay_within_a_tenth_of_float32(setup):
+    # CUDA runs the torch engine under bf16 autocast (models/devices.autocast); the CPU's bf16 autocast
+    # runs the same path. The stated tolerance (docs/engines.md): scores within 0.1 on the 1..10 scale.
+    engine = engines.TorchEngine(setup["model"], "cpu")
+    assert not engine.bf16  # float32 on the CPU
+    pixels = setup["pixels"]
+    want, _ = reference(setup["model"], pixels)
+    scores32, probs32 = engine(pixels)
+    engine.bf16 = True
+    scores16, probs16 = engine(pixels)
+    assert np.abs(scores32 - want).max() < 1e-4
+    assert not np.array_equal(scores16, scores32)  # bf16 really ran
+    assert np.abs(scores16 - want).max() < 0.1 and np.abs(probs16 - probs32).max() < 0.05
+    assert np.allclose(probs16.sum(axis=1), 1, atol=1e-6)  # the softmax stays in float32
+
+
+def test_device_cuda_without_cuda_is_one_line(setup, tmp_path: Path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    image = setup["golden"] / "g0.png"
+    counts = "image," + ",".join(map(str, range(1, 11))) + "\n"
+    counts += "".join(f"g{i}.png," + ",".join(str((i + j) % 5) for j in range(10)) + "\n" for i in range(8))
+    (tmp_path / "counts.csv").write_text(counts)
+    labels = run_uiaa("labels", tmp_path / "counts.csv", "-o", tmp_path / "labels.csv")
+    assert labels.returncode == 0, labels.stderr
+    for command in (("predict", image, "-m", setup["model"], "--device", "cuda", "--engine", "torch"),
+                    ("predict", image, "-m", setup["model"], "--device", "cuda:1"),
+                    ("train", tmp_path / "labels.csv", "--images", setup["golden"], "--device", "cuda",
+                     "--weights", "none", "--out", tmp_path / "run")):
+        result = run_uiaa(*command)
+        message = result.stderr.decode()
+        assert result.returncode == 2 and message.count("\n") == 1, (command, message)
+        assert "no CUDA device is available" in message and "Traceback" not in message, (command, message)
+
+
 def test_auto_picks_onnx_on_a_machine_without_a_gpu():
     if devices.gpu_driver_present():
         pytest.skip("a GPU driver is present: auto asks torch")

@@ -18,7 +18,7 @@ from uiaa_cli import read_table
 from uiaa_cli.models.graphs import exported_graph
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.xdist_group("ray")  # one worker runs them all, one cluster (make test: --dist loadfile)
+# One cluster for the module: make test's --dist loadfile keeps a file's tests on one worker.
 NUMBERS = ["score", "std", *[f"p_{j}" for j in range(1, 11)]]
 
 
@@ -209,3 +209,36 @@ def test_predict_ray_option_writes_predicts_table(cluster, setup, shard_scores, 
     expected = shard_scores.set_index("image").sort_index()
     np.testing.assert_allclose(table.set_index("image").sort_index()[NUMBERS].to_numpy(float),
                                expected[NUMBERS].to_numpy(float), rtol=0, atol=1e-6)
+
+
+def test_predict_ray_reads_a_labels_table_as_predict_does(cluster, setup, folder_scores, tmp_path):
+    """A labels table under ``--ray``: bare ids found as predict finds them, a name leaving the image
+    root refused (its row an error), and a run where every image fails still a valid, empty table."""
+    from typer.testing import CliRunner
+
+    from uiaa_cli.cli.app import app
+
+    photos = sorted(setup["photos"].rglob("*.jpg"))[:6]
+    ids = [str(p.relative_to(setup["photos"]).with_suffix("")) for p in photos]  # AVA-style: no extension
+    labels = tmp_path / "labels.csv"
+    rows = [*ids, "../m", "no-such-id"]
+    labels.write_text("image,1,2\n" + "".join(f"{name},3,4\n" for name in rows))
+    out = tmp_path / "scores.parquet"
+    result = CliRunner().invoke(app, ["predict", str(labels), "--images", str(setup["photos"]), "-m",
+                                      str(setup["model"]), "--ray", "auto", "-o", str(out), "--batch-size", "4"])
+    assert result.exit_code == 1, result.output
+    assert "../m: path escapes the image root" in result.output and "no-such-id" in result.output
+    table = read_table(out)
+    assert sorted(table["image"]) == sorted(ids)
+    expected = folder_scores.set_index(folder_scores["image"].map(os.path.realpath))
+    expected = expected.loc[[os.path.realpath(p) for p in photos]]
+    got = table.set_index("image").loc[ids]
+    np.testing.assert_allclose(got[NUMBERS].to_numpy(float), expected[NUMBERS].to_numpy(float), rtol=0, atol=1e-6)
+
+    none = tmp_path / "none.csv"
+    none.write_text("image,1,2\n../m,3,4\nno-such-id,1,1\n")
+    empty = tmp_path / "empty.parquet"
+    result = CliRunner().invoke(app, ["predict", str(none), "--images", str(setup["photos"]), "-m",
+                                      str(setup["model"]), "--ray", "auto", "-o", str(empty)])
+    assert result.exit_code == 1, result.output
+    assert len(read_table(empty)) == 0

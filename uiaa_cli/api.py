@@ -164,6 +164,8 @@ def evaluate(predictions: Any, labels: Any, threshold: float | None = None) -> d
     from uiaa_cli.targets.labels import check_label_values
 
     preds, pred_name = as_table(predictions, "predictions")
+    if "error" in preds:  # Scorer.score keeps an image it could not read as a row with its reason
+        preds = preds.take(np.flatnonzero(np.isin(preds["error"].astype(str), ["", "nan", "None"])))
     labs, label_name = as_table(labels, "labels")
     check_label_values(labs, label_name)
     result = evaluation.evaluate_tables(preds, labs, threshold, pred_name=pred_name, label_name=label_name)

@@ -69,7 +69,7 @@ class ProgressBar:
             return
         self.progress.update(self.task, advance=n, **values)
         if self.rate:
-            speed = self.progress.tasks[-1].speed
+            speed = next(t.speed for t in self.progress.tasks if t.id == self.task)
             self.progress.update(self.task, rate=f"{speed:.0f}" if speed else "-")
 
     def line(self, text: str) -> bool:

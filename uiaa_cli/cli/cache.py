@@ -89,7 +89,7 @@ def cache(
             say(f"uiaa cache: {output} is already complete ({report.stored:,} of {report.total:,} images, the same "
                 f"labels, images and size); nothing to do"
                 + (f"; {len(report.skipped):,} were skipped" if report.skipped else ""))
-            raise typer.Exit(1 if report.skipped else 0)
+            raise typer.Exit(ExitStatus.INCOMPLETE if report.skipped else ExitStatus.DONE)
         rate = report.decoded / report.seconds if report.seconds > 0 else 0.0
         message = (f"uiaa cache: {report.stored:,} of {report.total:,} images -> {output} ({size} px, "
                    f"{report.store}); "

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import typer
 
-from uiaa_cli.errors import UiaaError
+from uiaa_cli.errors import ExitStatus, UiaaError
 
 
 class State:
@@ -36,13 +36,13 @@ def handled(command: str, quiet: bool = False, debug: bool = False) -> Iterator[
         fail(command, str(e), e.status)
     except BrokenPipeError:
         quiet_closed_stdout()
-        raise typer.Exit(0) from None
+        raise typer.Exit(ExitStatus.DONE) from None
     except OSError as e:  # a full disk or a dead device under stdout (files are named by the writer)
         from uiaa_cli.tables.outputs import WRITE_ERRNOS
 
         if State.debug or e.errno not in WRITE_ERRNOS or e.filename is not None:
             raise
-        fail(command, f"<stdout>: cannot write: {e.strerror}", 2)
+        fail(command, f"<stdout>: cannot write: {e.strerror}", ExitStatus.USAGE)
 
 
 def fail(command: str, message: str, status: int) -> None:

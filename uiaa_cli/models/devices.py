@@ -2,11 +2,13 @@
 execution providers.
 
 Whether there is a GPU is asked of torch only where a GPU driver is present, so a CPU-only machine
-never imports torch to learn it has none. ``pick_device`` is the one rule for ``--device``, training's too.
+never imports torch to learn it has none. ``pick_device`` is the one rule for ``--device``, training's too,
+and ``bf16_here`` with ``autocast`` the one rule for mixed precision.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -71,6 +73,25 @@ def pick_device(name: str, local_rank: int | None = None) -> Any:
     if name == "cpu":
         return torch.device("cpu")
     raise UiaaError(f"--device {name!r}: choose auto, cpu, cuda, cuda:N or mps")
+
+
+def bf16_here(device: Any) -> bool:
+    """Whether a network runs under bf16 autocast on ``device``: a CUDA device with bf16 (Ampere and
+    later; older ones would emulate it slowly), never the CPU or MPS, where float32 is kept."""
+    import torch
+
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def autocast(device: Any, bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    """The context a forward pass runs in, for training and predict alike: bf16 autocast on ``device``
+    when ``bf16``, else nothing at all. (The CPU's bf16 autocast runs the same path: the tests check
+    bf16 scores against float32 with it.)"""
+    if not bf16:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def onnx_providers(device: str, available: list[str]) -> tuple[str, list[Any]]:

@@ -37,7 +37,7 @@ import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
 from uiaa_cli.metrics import predicted_score
-from uiaa_cli.models.devices import gpu_wanted, onnx_providers, pick_device
+from uiaa_cli.models.devices import autocast, bf16_here, gpu_wanted, onnx_providers, pick_device
 from uiaa_cli.models.export import CONFIG_KEY, SOURCE_KEY, ExportUnavailable
 from uiaa_cli.models.graphs import (
     exported_graph,
@@ -219,7 +219,8 @@ def graph_config(session: Any, path: Path) -> dict[str, Any]:
 
 
 class TorchEngine:
-    """The checkpoint in torch eager: bf16 autocast and channels_last on CUDA, float32 on CPU and MPS."""
+    """The checkpoint in torch eager: bf16 autocast (where the GPU has bf16) and channels_last on
+    CUDA, float32 on CPU and MPS."""
 
     name = "torch"
 
@@ -240,7 +241,7 @@ class TorchEngine:
         # (benchmarks/bench_predict.py --layouts compares the two).
         self.layout = torch.contiguous_format if dev.type == "cpu" else torch.channels_last
         self.scorer = scorer.to(dev, memory_format=self.layout)
-        self.autocast = dev.type == "cuda"
+        self.bf16 = bf16_here(dev)  # float32 elsewhere
         self.bins = np.asarray(self.config["bins"], dtype=np.float64)
         self.outputs = len(self.config["targets"])
 
@@ -252,7 +253,7 @@ class TorchEngine:
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.torch_device)
         x = x.permute(0, 3, 1, 2).contiguous(memory_format=self.layout)  # NHWC is channels_last already
         with torch.inference_mode():
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            with autocast(self.torch_device, self.bf16):
                 out = self.scorer.model(self.scorer.normalise(x))
             probs = self.scorer.activate(out.float())  # outside autocast: the softmax in float32
         probs = probs.cpu().numpy().astype(np.float64)

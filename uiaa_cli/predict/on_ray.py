@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from uiaa_cli.errors import UiaaError, at
-from uiaa_cli.predict.inputs import PATH_COLUMNS
+from uiaa_cli.predict.inputs import PATH_COLUMNS, is_labels_table
 from uiaa_cli.predict.scorer import Scorer, image_pixels
 
 # Member extensions tried for a shard sample's image, in this order (the common ones of img2dataset).
@@ -158,7 +158,10 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, kind: str, root: str |
         if column is None:
             raise UiaaError(f"the table has no column of paths ({', '.join(PATH_COLUMNS)}); it has {', '.join(batch)}")
         names = [str(p) for p in batch[column]]
-        cells = [p if root is None or os.path.isabs(p) else os.path.join(root, p) for p in names]
+        if root is not None and is_labels_table(list(batch)):  # as predict reads one: AVA's bare ids, no escape
+            cells = [resolved(root, name) for name in names]
+        else:
+            cells = [p if root is None or os.path.isabs(p) else os.path.join(root, p) for p in names]
         out["image"] = np.asarray(names, dtype=object)
         out.update(passed_through(batch, column))
     else:
@@ -178,6 +181,17 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, kind: str, root: str |
             errors[i] = str(e) or type(e).__name__
     out["pixels"], out["error"] = pixels, np.array(errors, dtype=object)
     return out
+
+
+def resolved(root: str, name: str) -> Any:
+    """The file a labels table's ``name`` names under ``root`` (pixels/images.resolve_image's rules),
+    or the reason it names none (that row's error)."""
+    from uiaa_cli.pixels.images import resolve_image
+
+    try:
+        return str(resolve_image(root, name))
+    except UiaaError as e:
+        return e
 
 
 def shard_images(batch: dict[str, np.ndarray], n: int) -> list[Any]:
@@ -249,11 +263,12 @@ def write_scores(ds: Any, path: str, output: str | None, fmt: str | None, addres
 def _write_scores(ds: Any, path: str, output: str | None, fmt: str | None, address: str,
                   opened: Callable[[Any], None]) -> tuple[int, int]:
     from uiaa_cli.predict.inputs import Input
-    from uiaa_cli.predict.pipeline import LinesSink, TableSink, json_safe, report_failure
+    from uiaa_cli.predict.pipeline import LinesSink, TableSink, empty_rows, json_safe, report_failure
     from uiaa_cli.tables.table import Table
 
     sink = None
     scored = failed = 0
+    columns: list[str] = []
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
         errors = np.asarray(batch["error"]).astype(str)
         for i in np.flatnonzero(errors != ""):
@@ -275,6 +290,8 @@ def _write_scores(ds: Any, path: str, output: str | None, fmt: str | None, addre
             sink.write(Table({"_index": np.zeros(int(good.sum()), dtype=np.int64), **values}))
         scored += int(good.sum())
         failed += int((~good).sum())
+    if isinstance(sink, TableSink) and not sink.started:  # every image failed: a valid table of no rows
+        sink.write(empty_rows(columns))
     if sink is not None:
         sink.close(0, "", failed)
     return scored, failed

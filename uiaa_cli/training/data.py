@@ -276,16 +276,15 @@ def open_source(path: str, *, images: str | None, size: int | None, workers: int
     the file as ``inputs.check_data`` already read it (its table is not read again)."""
     from uiaa_cli.errors import UiaaError, at
 
-    if checked is not None and not checked.cache:
-        return TableSource(checked.table, checked.root, size or 384, workers, pin_memory)
-    if is_cache(path):
+    if (checked is None or checked.cache) and is_cache(path):
         source = CacheSource(path, pin_memory, workers)
         if size is not None and size != source.size:
             source.close()
             raise UiaaError(f"the cache holds {source.size} px images, not --size {size}: omit --size or "
                             f"rebuild the cache with 'uiaa cache --size {size}'", where=at(path))
         return source
-    table, root = image_table(path, images)
+    table, root = (checked.table, checked.root) if checked is not None and not checked.cache \
+        else image_table(path, images)
     return TableSource(table, root, size or 384, workers, pin_memory)
 
 

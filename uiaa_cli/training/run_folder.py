@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from uiaa_cli.errors import UiaaError, at
+from uiaa_cli.models.model_files import pointed_run
 from uiaa_cli.tables.outputs import check_output_folder, output_lock
 from uiaa_cli.training.runtime import Dist
 
@@ -98,16 +99,10 @@ def point_latest(out: Path) -> None:
 
 
 def latest_target(folder: Path) -> str | None:
-    """The run ``folder/latest`` names (a symlink or a text file), or None."""
+    """The name of the run ``folder/latest`` points at (read as predict reads it), or None."""
     link = folder / "latest"
-    try:
-        if link.is_symlink():
-            return os.readlink(link)
-        if link.is_file():
-            return link.read_text().strip() or None
-    except OSError:
-        return None
-    return None
+    run = pointed_run(link)
+    return run.name if run is not None and run != link else None
 
 
 def withdraw_latest(out: Path, previous: str | None) -> None:

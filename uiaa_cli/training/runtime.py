@@ -12,7 +12,6 @@ At the end, the speed paths of CUDA (``--compile``, the fused SGD step, the load
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import signal
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from uiaa_cli.errors import UiaaError
+from uiaa_cli.models.devices import autocast, bf16_here
 from uiaa_cli.training.settings import COMPILE_CHOICES, DECODE_CHOICES
 
 STOP_AFTER_STEPS = "UIAA_STOP_AFTER_STEPS"  # test hook: behave as if Ctrl-C came after N steps
@@ -109,10 +109,10 @@ class Dist:
 
 
 def autocast_for(device: torch.device) -> Callable[[], AbstractContextManager[Any]]:
-    """The context the forward pass runs in: bf16 autocast on a CUDA device that has it, else none."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
+    """The context the forward pass runs in (models/devices.py's rule, as predict's): bf16 autocast on
+    a CUDA device that has it, else none."""
+    bf16 = bf16_here(device)
+    return lambda: autocast(device, bf16)
 
 
 def init_distributed(device: str) -> Dist:
@@ -147,9 +147,10 @@ class StepTotals:
     def push(self, step: int, totals: torch.Tensor) -> None:
         event = None
         if totals.is_cuda:
+            stream = torch.cuda.current_stream(totals.device)  # --device cuda:1 is not the current device
             totals = totals.to("cpu", non_blocking=True)  # a non-blocking copy lands in pinned memory
             event = torch.cuda.Event()
-            event.record()
+            event.record(stream)
         self.pending.append((step, totals, event))
 
     def pop(self, keep: int) -> tuple[int, list[float]] | None:
